@@ -1,0 +1,127 @@
+// prequant/results.h — what each pass did and what it declined, as data.
+//
+// Front ends build their user-facing objects (ClsSetInfo, fold pair lists) from these, and the
+// command-line tool prints them with --explain or --json. Nothing a pass considers is dropped
+// silently: every candidate it does not act on is a Declined with a reason.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace prequant {
+
+// A candidate a pass looked at and did not transform.
+struct Declined {
+  std::string pass;                // "fold_batch_norms", "scale_cls_sets", ...
+  std::vector<std::string> nodes;  // the nodes concerned, in graph order
+  std::string reason;              // a sentence: why, and what would make it work
+};
+
+enum class FoldDirection { ConvThenBn, BnThenConv };
+const char* fold_direction_name(FoldDirection d);
+
+// A batch norm to fold, as discovered or as given by the user.
+struct FoldRequest {
+  std::string layer;
+  std::string bn;
+  FoldDirection direction = FoldDirection::ConvThenBn;
+};
+
+// The statistics high-bias absorption needs from a BN folded after a layer: the layer's
+// output after folding is gamma·x̂ + beta per channel.
+struct FoldedBnStats {
+  std::vector<double> gamma;
+  std::vector<double> beta;
+};
+
+struct FoldedPair {
+  FoldRequest request;
+  bool bias_added = false;     // the layer had no bias; the engine created one in the arena
+  FoldedBnStats bn_stats;      // the BN's gamma and beta (ConvThenBn only)
+};
+
+struct FoldResult {
+  std::vector<FoldedPair> folded;
+  std::vector<Declined> declined;
+};
+
+// A clip activation changed by the ReLU6 policy.
+struct ActivationEdit {
+  enum class Kind { ReplacedWithRelu, BoundedPerChannel };
+  std::string node;
+  Kind kind = Kind::ReplacedWithRelu;
+  std::vector<double> upper_bound;  // BoundedPerChannel: clip at upper_bound[c]
+};
+
+// One scaled pair of a CLS set: layer1's output channel c was divided by scale[c] and
+// layer2's input channel c multiplied by it.
+struct ClsPairResult {
+  std::string layer1;
+  std::string layer2;
+  std::vector<double> scale;
+  bool relu_between = false;                     // a ReLU-like activation sits between
+  std::vector<std::string> activations_between;  // node names of what sits between
+};
+
+// A CLS set as discovered or given: 2 layers (a pair) or 3 (conv → depthwise → conv).
+struct ClsSetSpec {
+  std::vector<std::string> layers;
+};
+
+struct ClsCandidates {
+  std::vector<ClsSetSpec> sets;
+  std::vector<Declined> declined;
+};
+
+// A scaled set: one pair, or two for conv → depthwise → conv. Scales are cumulative over
+// all iterations.
+struct ClsSetResult {
+  std::vector<ClsPairResult> pairs;
+};
+
+struct ClsResult {
+  std::vector<ClsSetResult> sets;
+  std::vector<ActivationEdit> activation_edits;  // clips replaced or bounded (ReLU6 policy)
+  std::vector<Declined> declined;
+  int iterations = 0;
+  double last_max_log_scale = 0.0;  // max |ln s| in the last iteration (0 at convergence)
+};
+
+// Bias moved from layer1 to layer2 by high-bias absorption.
+struct BiasAbsorption {
+  std::string layer1;
+  std::string layer2;
+  std::vector<double> amount;  // c, per channel of layer1's output
+  bool bias_added = false;     // layer2 had no bias; the engine created one
+};
+
+struct HighBiasResult {
+  std::vector<BiasAbsorption> absorbed;
+  std::vector<Declined> declined;
+};
+
+struct ActivationResult {
+  std::vector<ActivationEdit> edits;
+  std::vector<Declined> declined;
+};
+
+// A weight that several nodes shared, copied so each node owns one.
+struct UnrolledParameter {
+  std::string node;
+  std::string original_name;
+  std::string new_name;
+};
+
+struct UnrollResult {
+  std::vector<UnrolledParameter> copies;
+};
+
+struct EqualizeResult {
+  UnrollResult unroll;
+  FoldResult fold;
+  ActivationResult activations;
+  ClsResult cls;
+  HighBiasResult high_bias;
+};
+
+}  // namespace prequant

@@ -1,0 +1,94 @@
+// absorb_high_bias.cpp — high-bias absorption: move the part of a layer's bias that the next
+// activation never clips from layer1 into layer2's bias.
+//
+// Before: scaled CLS pairs L1 → act → L2, where L1 had a BN folded after it (its output is
+//         γ·x̂ + β per channel before scaling).
+// After:  L1's bias lowered by c, L2's bias raised by W2·c; the output is unchanged wherever L1's
+//         pre-activation stays ≥ c (3σ: ~99.9% of a Gaussian), and exactly when no activation
+//         sits between.
+// Preconditions: bn_stats holds the BN folded after L1 (never one that sat before it).
+// Formula (s = the pair's cumulative CLS scale; γ' = γ/s, β' = β/s):
+//   c = max(0, β' − k·|γ'|) with a ReLU-like activation between, else c = β'   (k = 3)
+//   a per-channel clip bound B (ReLU6 'bound' policy) caps c at B and becomes B − c;
+//   b1 −= c;  b2 += Σ_i (Σ_k W2[:, i, k])·c[i]   (elementwise for a depthwise L2).
+// Declined: no folded BN for L1, a transposed L2 (a constant input does not give a constant
+//   output), a bias vector of the wrong size.
+#include <algorithm>
+#include <cmath>
+
+#include "pass_util.h"
+#include "prequant/passes.h"
+
+namespace prequant {
+
+HighBiasResult absorb_high_bias(Graph& graph, const std::vector<ClsSetResult>& sets,
+                                const std::unordered_map<std::string, FoldedBnStats>& bn_stats,
+                                double sigmas) {
+  Transaction tx(graph);
+  HighBiasResult result;
+  for (const auto& set : sets)
+    for (const auto& pair : set.pairs) {
+      const auto i1 = graph.find(pair.layer1);
+      const auto i2 = graph.find(pair.layer2);
+      const auto stats = bn_stats.find(pair.layer1);
+      auto decline = [&](std::string why) {
+        result.declined.push_back({"absorb_high_bias", {pair.layer1, pair.layer2}, std::move(why)});
+      };
+      if (!i1 || !i2) {
+        decline("a layer of the pair is not in the graph");
+        continue;
+      }
+      Node& l1 = graph.nodes[*i1];
+      Node& l2 = graph.nodes[*i2];
+      const size_t channels = static_cast<size_t>(l1.out_channels());
+      if (stats == bn_stats.end()) {
+        decline("no batch norm was folded after '" + l1.name + "', so its output statistics are unknown");
+        continue;
+      }
+      if (stats->second.gamma.size() != channels || stats->second.beta.size() != channels ||
+          pair.scale.size() != channels) {
+        decline("the batch norm statistics or scales for '" + l1.name + "' do not have " +
+                std::to_string(channels) + " channels");
+        continue;
+      }
+      if (l2.is_transposed()) {
+        decline("'" + l2.name + "' is a transposed conv: a constant input does not give a constant output");
+        continue;
+      }
+      if (l1.bias.empty()) {
+        decline("'" + l1.name + "' has no bias to absorb");
+        continue;
+      }
+      require_finite_layer(l1);
+      require_finite_layer(l2);
+
+      std::vector<Node*> clips;
+      for (const auto& name : pair.activations_between)
+        if (auto b = graph.find(name); b && graph.nodes[*b].kind == OpKind::Clip &&
+                                       !graph.nodes[*b].clip_max_per_channel.empty())
+          clips.push_back(&graph.nodes[*b]);
+
+      std::vector<double> c(channels);
+      for (size_t k = 0; k < channels; ++k) {
+        const double gamma = stats->second.gamma[k] / pair.scale[k];
+        const double beta = stats->second.beta[k] / pair.scale[k];
+        c[k] = pair.relu_between ? std::max(0.0, beta - sigmas * std::abs(gamma)) : beta;
+        for (Node* clip : clips) c[k] = std::min(c[k], clip->clip_max_per_channel[k]);
+      }
+      const auto moved = contract_in_channels(l2.weight, c);
+      protect_node(tx, l1);
+      protect_node(tx, l2);
+      BiasAbsorption absorbed{l1.name, l2.name, c, ensure_bias(graph, l2)};
+      detail::note_write();
+      for (size_t k = 0; k < channels; ++k) l1.bias.set(k, l1.bias.get(k) - c[k]);
+      detail::note_write();
+      for (size_t o = 0; o < moved.size(); ++o) l2.bias.set(o, l2.bias.get(o) + moved[o]);
+      for (Node* clip : clips)
+        for (size_t k = 0; k < channels; ++k) clip->clip_max_per_channel[k] -= c[k];
+      result.absorbed.push_back(std::move(absorbed));
+    }
+  tx.commit();
+  return result;
+}
+
+}  // namespace prequant

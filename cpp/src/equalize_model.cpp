@@ -1,0 +1,30 @@
+// equalize_model.cpp — the whole data-free equalization pipeline, atomic as one transform.
+//
+// Before: a trained graph.
+// After:  shared weights unrolled; batch norms folded; ReLU6 handled by the policy; CLS sets
+//         scaled (iterated to convergence by default); high bias absorbed using the statistics
+//         of the BNs folded after each layer, scaled by that layer's CLS scale.
+// If any step fails, the graph and every parameter are as they were before the call.
+#include "prequant/passes.h"
+#include "transaction.h"
+
+namespace prequant {
+
+EqualizeResult equalize_model(Graph& graph, const EqualizeOptions& options) {
+  Transaction tx(graph);
+  EqualizeResult result;
+  result.unroll = unroll_shared_weights(graph);
+  if (options.fold) result.fold = fold_batch_norms(graph);
+  if (options.cls.relu6 == Relu6Policy::Replace) result.activations = replace_relu6_with_relu(graph);
+  result.cls = scale_model(graph, options.cls);
+  if (options.absorb_high_bias) {
+    std::unordered_map<std::string, FoldedBnStats> stats;
+    for (const auto& pair : result.fold.folded)
+      if (pair.request.direction == FoldDirection::ConvThenBn) stats[pair.request.layer] = pair.bn_stats;
+    result.high_bias = absorb_high_bias(graph, result.cls.sets, stats, options.high_bias_sigmas);
+  }
+  tx.commit();
+  return result;
+}
+
+}  // namespace prequant

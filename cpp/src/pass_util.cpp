@@ -1,0 +1,78 @@
+// pass_util.cpp — checks and edits shared by the passes.
+#include "pass_util.h"
+
+#include <cmath>
+
+#include "prequant/errors.h"
+
+namespace prequant {
+
+void require_finite(const Node& node, const TensorView& t, const char* role) {
+  if (t.empty()) return;
+  const int64_t bad = find_non_finite(t);
+  if (bad >= 0)
+    throw InvalidParameterError("node '" + node.name + "': " + role + " '" + t.name +
+                                    "' holds " + std::to_string(t.get(bad)) + " at element " +
+                                    std::to_string(bad) +
+                                    "; NaN/Inf weights cannot be folded or scaled — fix or "
+                                    "retrain the model first",
+                                node.name);
+}
+
+void require_finite_layer(const Node& layer) {
+  require_finite(layer, layer.weight.tensor, "weight");
+  require_finite(layer, layer.bias, "bias");
+}
+
+void require_valid_batch_norm(const Node& bn) {
+  require_finite(bn, bn.gamma, "gamma");
+  require_finite(bn, bn.beta, "beta");
+  require_finite(bn, bn.mean, "running mean");
+  require_finite(bn, bn.var, "running variance");
+  if (!std::isfinite(bn.eps) || bn.eps < 0)
+    throw InvalidParameterError("batch norm '" + bn.name + "': eps is " + std::to_string(bn.eps) +
+                                    "; it must be a finite value ≥ 0",
+                                bn.name);
+  for (int64_t c = 0; c < bn.var.numel(); ++c) {
+    const double v = bn.var.get(c);
+    if (v < 0 || v + bn.eps <= 0)
+      throw InvalidParameterError(
+          "batch norm '" + bn.name + "': channel " + std::to_string(c) + " has variance " +
+              std::to_string(v) + " with eps " + std::to_string(bn.eps) +
+              "; var + eps must be > 0 (a variance ≤ 0 means the running statistics are broken: "
+              "recompute them, or set eps > 0)",
+          bn.name);
+  }
+}
+
+bool ensure_bias(Graph& graph, Node& layer) {
+  if (!layer.bias.empty()) return false;
+  layer.bias = graph.allocate(layer.name + ".bias", layer.weight.tensor.dtype, {layer.out_channels()});
+  return true;
+}
+
+void protect_node(Transaction& tx, const Node& node) {
+  for (const TensorView* t : {&node.weight.tensor, &node.bias, &node.gamma, &node.beta, &node.mean,
+                              &node.var, &node.slope})
+    tx.protect(*t);
+}
+
+std::string join_names(const Graph& graph, const std::vector<size_t>& indices) {
+  std::string out;
+  for (size_t k = 0; k < indices.size(); ++k) {
+    if (k) out += k + 1 == indices.size() ? " and " : ", ";
+    out += "'" + graph.nodes[indices[k]].name + "'";
+  }
+  return out;
+}
+
+const Node* weight_sharer(const Graph& graph, const Node& layer) {
+  for (const Node& other : graph.nodes)
+    if (&other != &layer && !other.removed && other.is_layer() &&
+        (other.weight.tensor.data == layer.weight.tensor.data ||
+         (!layer.bias.empty() && other.bias.data == layer.bias.data)))
+      return &other;
+  return nullptr;
+}
+
+}  // namespace prequant

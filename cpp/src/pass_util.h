@@ -1,0 +1,32 @@
+// pass_util.h (internal) — checks and edits shared by the passes.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "prequant/graph.h"
+#include "prequant/results.h"
+#include "transaction.h"
+
+namespace prequant {
+
+// Throws InvalidParameterError naming the node and parameter if `t` holds NaN or ±Inf.
+void require_finite(const Node& node, const TensorView& t, const char* role);
+// Every parameter of a conv/linear finite.
+void require_finite_layer(const Node& layer);
+// BN parameters finite, var ≥ 0 and var + eps > 0.
+void require_valid_batch_norm(const Node& bn);
+
+// Gives `layer` a zero bias in the graph's arena if it has none; returns true if it did.
+bool ensure_bias(Graph& graph, Node& layer);
+
+// Protects every parameter of `node` in `tx`.
+void protect_node(Transaction& tx, const Node& node);
+
+// "a, b and c" for messages.
+std::string join_names(const Graph& graph, const std::vector<size_t>& indices);
+
+// Another live layer whose weight points at the same memory as `layer`'s, or nullptr.
+const Node* weight_sharer(const Graph& graph, const Node& layer);
+
+}  // namespace prequant

@@ -1,0 +1,212 @@
+// scale_cls_sets.cpp — cross-layer scaling: equalize per-channel weight ranges across a set.
+//
+// Before: CLS sets (find_cls_sets or the user's): pairs L1 → L2, triples L1 → DW → L3.
+// After:  the same function, with each shared channel's weight ranges made equal.
+// Preconditions: each set is adjacent as find_cls_sets defines it (checked: InvalidRequestError
+//   otherwise); finite weights.
+// Formula (r = per-channel max |W|; out ranges of L1/DW, in ranges of L2/L3):
+//   pair    s = sqrt(r1/r2);  W1[c] /= s, b1[c] /= s, W2[:,c] *= s.  Both ranges → sqrt(r1·r2).
+//   triple  P = r1·r2·r3; S12 = r1/P^(1/3); S23 = P^(1/3)/r3;
+//           W1[c] /= S12, b1[c] /= S12; Wdw[c] *= S12/S23, bdw[c] /= S23; W3[:,c] *= S23.
+//   Guards: a channel with a zero range gets scale 1; s is clamped to [min_scale, max_scale].
+//   ReLU6 between: 'replace' turns the clip into ReLU; 'bound' divides the clip's per-channel
+//   upper bound by the same s, which keeps the FP32 output exact.
+//   Overlapping sets (L1→L2, L2→L3) disturb each other; with max_iterations > 1 the sets are
+//   scaled again until every |ln s| of an iteration is below `tolerance`. Reported scales are
+//   the product over iterations.
+#include <algorithm>
+#include <cmath>
+
+#include "cls_chain.h"
+#include "pass_util.h"
+#include "prequant/errors.h"
+#include "prequant/passes.h"
+
+namespace prequant {
+
+namespace {
+
+struct PlannedSet {
+  std::vector<size_t> layers;
+  std::vector<ClsLink> links;  // layers.size() - 1 links
+};
+
+PlannedSet plan_set(const Graph& graph, const ClsSetSpec& spec, Relu6Policy relu6) {
+  if (spec.layers.size() != 2 && spec.layers.size() != 3)
+    throw InvalidRequestError("a CLS set has 2 layers (a pair) or 3 (conv, depthwise, conv); got " +
+                              std::to_string(spec.layers.size()));
+  PlannedSet set;
+  for (const auto& name : spec.layers) {
+    const auto index = graph.find(name);
+    if (!index) throw InvalidRequestError("CLS set names '" + name + "', which is not in the graph", name);
+    if (!graph.nodes[*index].is_layer())
+      throw InvalidRequestError("CLS set names '" + name + "', a " +
+                                    op_kind_name(graph.nodes[*index].kind) +
+                                    "; only conv and linear layers can be scaled",
+                                name);
+    set.layers.push_back(*index);
+  }
+  if (set.layers.size() == 3 && !graph.nodes[set.layers[1]].is_depthwise())
+    throw InvalidRequestError("the middle layer of CLS set (" + spec.layers[0] + ", " +
+                                  spec.layers[1] + ", " + spec.layers[2] + ") must be depthwise",
+                              spec.layers[1]);
+  for (size_t k = 0; k + 1 < set.layers.size(); ++k) {
+    std::string why;
+    auto link = follow_to_next_layer(graph, set.layers[k], relu6, why);
+    if (!link)
+      throw InvalidRequestError("cannot scale '" + spec.layers[k] + "' → '" + spec.layers[k + 1] +
+                                    "': " + why,
+                                spec.layers[k]);
+    if (link->next != set.layers[k + 1])
+      throw InvalidRequestError("'" + spec.layers[k] + "' and '" + spec.layers[k + 1] +
+                                    "' are not adjacent: the output of '" + spec.layers[k] +
+                                    "' leads to '" + graph.nodes[link->next].name + "'",
+                                spec.layers[k]);
+    set.links.push_back(*link);
+  }
+  return set;
+}
+
+double guarded_scale(double s, double r_a, double r_b, const ClsOptions& o) {
+  if (!(r_a > 0) || !(r_b > 0) || !std::isfinite(s)) return 1.0;
+  return std::clamp(s, o.min_scale, o.max_scale);
+}
+
+// Divides L's output channels (weight and bias) by `s`, and the clip bounds after it.
+void divide_outputs(Node& layer, const std::vector<double>& s) {
+  std::vector<double> inv(s.size());
+  for (size_t c = 0; c < s.size(); ++c) inv[c] = 1.0 / s[c];
+  scale_out_channels(layer.weight, inv);
+  if (!layer.bias.empty()) {
+    detail::note_write();
+    for (size_t c = 0; c < s.size(); ++c) layer.bias.set(c, layer.bias.get(c) / s[c]);
+  }
+}
+
+void divide_bounds(Graph& graph, const ClsLink& link, const std::vector<double>& s) {
+  for (size_t b : link.between) {
+    Node& n = graph.nodes[b];
+    if (n.kind != OpKind::Clip || n.clip_max_per_channel.empty()) continue;
+    for (size_t c = 0; c < s.size(); ++c) n.clip_max_per_channel[c] /= s[c];
+  }
+}
+
+}  // namespace
+
+ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, const ClsOptions& options) {
+  std::vector<PlannedSet> sets;
+  for (const auto& spec : specs) sets.push_back(plan_set(graph, spec, options.relu6));
+
+  Transaction tx(graph);
+  for (const auto& set : sets)
+    for (size_t l : set.layers) {
+      require_finite_layer(graph.nodes[l]);
+      protect_node(tx, graph.nodes[l]);
+    }
+
+  ClsResult result;
+  // ReLU6 between scaled layers: replace, or give it a per-channel bound.
+  for (const auto& set : sets)
+    for (const auto& link : set.links)
+      for (size_t b : link.between) {
+        Node& n = graph.nodes[b];
+        if (n.kind != OpKind::Clip || !std::isfinite(n.clip_max)) continue;
+        if (options.relu6 == Relu6Policy::Replace) {
+          n.kind = OpKind::Relu;
+          result.activation_edits.push_back({n.name, ActivationEdit::Kind::ReplacedWithRelu, {}});
+        } else if (n.clip_max_per_channel.empty()) {
+          const auto channels = graph.nodes[set.layers[0]].out_channels();
+          n.clip_max_per_channel.assign(static_cast<size_t>(channels), n.clip_max);
+        }
+      }
+
+  // Cumulative scale per pair of each set.
+  std::vector<std::vector<std::vector<double>>> total(sets.size());
+  for (size_t k = 0; k < sets.size(); ++k)
+    for (size_t p = 0; p < sets[k].links.size(); ++p)
+      total[k].emplace_back(graph.nodes[sets[k].layers[p]].out_channels(), 1.0);
+
+  const int iterations = std::max(1, options.max_iterations);
+  for (int it = 0; it < iterations; ++it) {
+    double max_log = 0.0;
+    for (size_t k = 0; k < sets.size(); ++k) {
+      const auto& set = sets[k];
+      Node& l1 = graph.nodes[set.layers[0]];
+      const auto r1 = out_channel_ranges(l1.weight);
+      if (set.layers.size() == 2) {
+        Node& l2 = graph.nodes[set.layers[1]];
+        const auto r2 = in_channel_ranges(l2.weight);
+        std::vector<double> s(r1.size());
+        for (size_t c = 0; c < s.size(); ++c) {
+          s[c] = guarded_scale(std::sqrt(r1[c] / r2[c]), r1[c], r2[c], options);
+          max_log = std::max(max_log, std::abs(std::log(s[c])));
+          total[k][0][c] *= s[c];
+        }
+        divide_outputs(l1, s);
+        divide_bounds(graph, set.links[0], s);
+        scale_in_channels(l2.weight, s);
+      } else {
+        Node& dw = graph.nodes[set.layers[1]];
+        Node& l3 = graph.nodes[set.layers[2]];
+        const auto r2 = out_channel_ranges(dw.weight);
+        const auto r3 = in_channel_ranges(l3.weight);
+        std::vector<double> s12(r1.size()), s23(r1.size()), dw_factor(r1.size());
+        for (size_t c = 0; c < r1.size(); ++c) {
+          const double cube = std::cbrt(r1[c] * r2[c] * r3[c]);
+          const bool ok = r1[c] > 0 && r2[c] > 0 && r3[c] > 0;
+          s12[c] = ok ? guarded_scale(r1[c] / cube, r1[c], cube, options) : 1.0;
+          s23[c] = ok ? guarded_scale(cube / r3[c], cube, r3[c], options) : 1.0;
+          dw_factor[c] = s12[c] / s23[c];
+          max_log = std::max({max_log, std::abs(std::log(s12[c])), std::abs(std::log(s23[c]))});
+          total[k][0][c] *= s12[c];
+          total[k][1][c] *= s23[c];
+        }
+        divide_outputs(l1, s12);
+        divide_bounds(graph, set.links[0], s12);
+        scale_out_channels(dw.weight, dw_factor);
+        if (!dw.bias.empty()) {
+          detail::note_write();
+          for (size_t c = 0; c < s23.size(); ++c) dw.bias.set(c, dw.bias.get(c) / s23[c]);
+        }
+        divide_bounds(graph, set.links[1], s23);
+        scale_in_channels(l3.weight, s23);
+      }
+    }
+    result.iterations = it + 1;
+    result.last_max_log_scale = max_log;
+    if (max_log < options.tolerance) break;
+  }
+
+  for (size_t k = 0; k < sets.size(); ++k) {
+    ClsSetResult out;
+    for (size_t p = 0; p < sets[k].links.size(); ++p) {
+      ClsPairResult pair;
+      pair.layer1 = graph.nodes[sets[k].layers[p]].name;
+      pair.layer2 = graph.nodes[sets[k].layers[p + 1]].name;
+      pair.scale = std::move(total[k][p]);
+      pair.relu_between = sets[k].links[p].relu_like;
+      for (size_t b : sets[k].links[p].between) pair.activations_between.push_back(graph.nodes[b].name);
+      out.pairs.push_back(std::move(pair));
+    }
+    result.sets.push_back(std::move(out));
+  }
+  for (const auto& set : sets)
+    for (const auto& link : set.links)
+      for (size_t b : link.between) {
+        const Node& n = graph.nodes[b];
+        if (n.kind == OpKind::Clip && !n.clip_max_per_channel.empty())
+          result.activation_edits.push_back(
+              {n.name, ActivationEdit::Kind::BoundedPerChannel, n.clip_max_per_channel});
+      }
+  tx.commit();
+  return result;
+}
+
+ClsResult scale_model(Graph& graph, const ClsOptions& options) {
+  ClsCandidates found = find_cls_sets(graph, options.relu6);
+  ClsResult result = scale_cls_sets(graph, found.sets, options);
+  result.declined = std::move(found.declined);
+  return result;
+}
+
+}  // namespace prequant

@@ -1,0 +1,206 @@
+// tensor.cpp — TensorView element access and the channel routines every pass builds on.
+//
+// A weight's elements are visited as five nested loops over the blocks around its two channel
+// axes (outer, first channel axis, middle, second channel axis, inner); the innermost block is
+// contiguous, so the loops stream through memory once. Full (cross-group) channel indices:
+//   regular:     o = o_axis;  i = (o / (O/g))·(I/g) + i_axis
+//   transposed:  i = i_axis;  o = (i / (I/g))·(O/g) + o_axis
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "prequant/errors.h"
+#include "prequant/tensor.h"
+#include "transaction.h"
+
+namespace prequant {
+
+const char* dtype_name(DType dtype) { return dtype == DType::Float32 ? "float32" : "float64"; }
+
+int64_t TensorView::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+int64_t TensorView::bytes() const {
+  return numel() * (dtype == DType::Float32 ? 4 : 8);
+}
+
+double TensorView::get(int64_t i) const {
+  return dtype == DType::Float32 ? static_cast<const float*>(data)[i]
+                                 : static_cast<const double*>(data)[i];
+}
+
+void TensorView::set(int64_t i, double value) {
+  if (dtype == DType::Float32)
+    static_cast<float*>(data)[i] = static_cast<float>(value);
+  else
+    static_cast<double*>(data)[i] = value;
+}
+
+std::vector<double> TensorView::to_doubles() const {
+  std::vector<double> out(static_cast<size_t>(numel()));
+  for (int64_t i = 0; i < numel(); ++i) out[static_cast<size_t>(i)] = get(i);
+  return out;
+}
+
+void TensorView::assign(std::span<const double> values) {
+  for (size_t i = 0; i < values.size(); ++i) set(static_cast<int64_t>(i), values[i]);
+}
+
+namespace {
+
+// The blocks around the two channel axes, and how local axis indices become full channels.
+struct ChannelWalk {
+  int64_t outer = 1, first = 1, middle = 1, second = 1, inner = 1;
+  bool out_first = true;  // the out axis comes before the in axis
+  int64_t out_per_group = 1, in_per_group = 1;
+  bool transposed = false;
+
+  explicit ChannelWalk(const Weight& w) {
+    const auto& shape = w.tensor.shape;
+    const auto& l = w.layout;
+    const int rank = static_cast<int>(shape.size());
+    if (l.out_axis < 0 || l.out_axis >= rank || l.in_axis < 0 || l.in_axis >= rank ||
+        l.out_axis == l.in_axis || l.groups < 1)
+      throw GraphError("weight '" + w.tensor.name + "' has an invalid channel layout (out axis " +
+                           std::to_string(l.out_axis) + ", in axis " + std::to_string(l.in_axis) +
+                           ", groups " + std::to_string(l.groups) + ", rank " +
+                           std::to_string(rank) + ")",
+                       w.tensor.name);
+    const int a = std::min(l.out_axis, l.in_axis), b = std::max(l.out_axis, l.in_axis);
+    for (int d = 0; d < a; ++d) outer *= shape[d];
+    first = shape[a];
+    for (int d = a + 1; d < b; ++d) middle *= shape[d];
+    second = shape[b];
+    for (int d = b + 1; d < rank; ++d) inner *= shape[d];
+    out_first = l.out_axis < l.in_axis;
+    transposed = l.transposed;
+    if (transposed) {
+      out_per_group = shape[l.out_axis];
+      in_per_group = shape[l.in_axis] / l.groups;
+    } else {
+      out_per_group = shape[l.out_axis] / l.groups;
+      in_per_group = shape[l.in_axis];
+    }
+  }
+
+  // Calls f(o, i, begin, count): `count` contiguous elements from `begin` share channels (o, i).
+  template <class F>
+  void run(F&& f) const {
+    int64_t offset = 0;
+    for (int64_t p0 = 0; p0 < outer; ++p0)
+      for (int64_t x = 0; x < first; ++x)
+        for (int64_t p1 = 0; p1 < middle; ++p1)
+          for (int64_t y = 0; y < second; ++y) {
+            const int64_t o_axis = out_first ? x : y, i_axis = out_first ? y : x;
+            int64_t o, i;
+            if (transposed) {
+              i = i_axis;
+              o = (i / in_per_group) * out_per_group + o_axis;
+            } else {
+              o = o_axis;
+              i = (o / out_per_group) * in_per_group + i_axis;
+            }
+            f(o, i, offset, inner);
+            offset += inner;
+          }
+  }
+};
+
+template <class T, class F>
+void walk_typed(const Weight& w, F&& f) {
+  T* data = static_cast<T*>(w.tensor.data);
+  ChannelWalk(w).run([&](int64_t o, int64_t i, int64_t begin, int64_t count) {
+    f(o, i, data + begin, count);
+  });
+}
+
+// Dispatches on the weight's dtype once, then walks.
+template <class F>
+void walk(const Weight& w, F&& f) {
+  if (w.tensor.dtype == DType::Float32)
+    walk_typed<float>(w, f);
+  else
+    walk_typed<double>(w, f);
+}
+
+template <class T>
+double max_abs(const T* p, int64_t n) {
+  T m = 0;
+  for (int64_t k = 0; k < n; ++k) m = std::max(m, std::abs(p[k]));
+  return static_cast<double>(m);
+}
+
+}  // namespace
+
+int64_t Weight::out_channels() const {
+  const auto& l = layout;
+  return l.transposed ? tensor.shape.at(l.out_axis) * l.groups : tensor.shape.at(l.out_axis);
+}
+
+int64_t Weight::in_channels() const {
+  const auto& l = layout;
+  return l.transposed ? tensor.shape.at(l.in_axis) : tensor.shape.at(l.in_axis) * l.groups;
+}
+
+std::vector<double> out_channel_ranges(const Weight& w) {
+  std::vector<double> r(static_cast<size_t>(w.out_channels()), 0.0);
+  walk(w, [&](int64_t o, int64_t, auto* p, int64_t n) {
+    r[o] = std::max(r[o], max_abs(p, n));
+  });
+  return r;
+}
+
+std::vector<double> in_channel_ranges(const Weight& w) {
+  std::vector<double> r(static_cast<size_t>(w.in_channels()), 0.0);
+  walk(w, [&](int64_t, int64_t i, auto* p, int64_t n) {
+    r[i] = std::max(r[i], max_abs(p, n));
+  });
+  return r;
+}
+
+void scale_out_channels(const Weight& w, std::span<const double> factor) {
+  detail::note_write();
+  walk(w, [&](int64_t o, int64_t, auto* p, int64_t n) {
+    using T = std::remove_pointer_t<decltype(p)>;
+    const double f = factor[o];
+    for (int64_t k = 0; k < n; ++k) p[k] = static_cast<T>(p[k] * f);
+  });
+}
+
+void scale_in_channels(const Weight& w, std::span<const double> factor) {
+  detail::note_write();
+  walk(w, [&](int64_t, int64_t i, auto* p, int64_t n) {
+    using T = std::remove_pointer_t<decltype(p)>;
+    const double f = factor[i];
+    for (int64_t k = 0; k < n; ++k) p[k] = static_cast<T>(p[k] * f);
+  });
+}
+
+std::vector<double> contract_in_channels(const Weight& w, std::span<const double> v) {
+  std::vector<double> out(static_cast<size_t>(w.out_channels()), 0.0);
+  walk(w, [&](int64_t o, int64_t i, auto* p, int64_t n) {
+    double sum = 0;
+    for (int64_t k = 0; k < n; ++k) sum += static_cast<double>(p[k]);
+    out[o] += sum * v[i];
+  });
+  return out;
+}
+
+int64_t find_non_finite(const TensorView& t) {
+  const int64_t n = t.numel();
+  if (t.dtype == DType::Float32) {
+    const float* p = static_cast<const float*>(t.data);
+    for (int64_t i = 0; i < n; ++i)
+      if (!std::isfinite(p[i])) return i;
+  } else {
+    const double* p = static_cast<const double*>(t.data);
+    for (int64_t i = 0; i < n; ++i)
+      if (!std::isfinite(p[i])) return i;
+  }
+  return -1;
+}
+
+}  // namespace prequant
