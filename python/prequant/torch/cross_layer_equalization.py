@@ -1,0 +1,309 @@
+"""Cross-layer equalization for PyTorch (where AIMET users look: aimet_torch.cross_layer_equalization).
+
+Before: a model in eval mode (``prepare_model`` output is ideal: every activation a module).
+After:  in place, the same function with per-channel weight ranges equalized across layers:
+        batch norms folded, cross-layer scaling (pairs and conv → depthwise → conv triples,
+        iterated to convergence over overlapping sets), high-bias absorption, and ReLU6 handled
+        by a policy: 'bound' (default; ReLU6 becomes a per-channel BoundedReLU so the FP32 output
+        is unchanged), 'replace' (ReLU6 becomes ReLU, as AIMET does), or 'skip'.
+
+Every decision and all weight math happen in the C++ engine on zero-copy views of the
+parameters; this module translates the model, and applies the structural edits.
+
+    CrossLayerScaling.scale_model(model)          -> [ClsSetInfo]
+    CrossLayerScaling.scale_cls_sets(cls_sets)    -> [scale | (scale12, scale23)]
+    CrossLayerScaling.create_cls_set_info_list(cls_sets, scale_factors, is_relu_activation_in_cls_sets)
+    HighBiasFold.bias_fold(cls_set_info_list, bn_layers)
+    replace_relu6_with_relu(model)
+    equalize_model(model, input_shapes=None, dummy_input=None, relu6="bound") -> EqualizeResult
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from prequant import _core
+from prequant.torch._engine_graph import (
+    EngineGraph,
+    _view,
+    apply_activation_edits,
+    apply_equalize,
+    apply_high_bias,
+    build_engine_graph,
+)
+
+__all__ = [
+    "ClsSetInfo",
+    "ClsSetLayerPairInfo",
+    "CrossLayerScaling",
+    "HighBiasFold",
+    "equalize_model",
+    "replace_relu6_with_relu",
+]
+
+DEFAULT_MAX_ITERATIONS = 100
+
+
+class ClsSetLayerPairInfo:
+    """A pair of layers that cross-layer scaling scaled: layer1's output channel c was divided by
+    scale_factor[c] and layer2's input channel c multiplied by it."""
+
+    def __init__(self, layer1: nn.Module, layer2: nn.Module, scale_factor: np.ndarray,
+                 relu_activation_between_layers: bool):
+        self.layer1 = layer1
+        self.layer2 = layer2
+        self.scale_factor = np.asarray(scale_factor, dtype=np.float64)
+        self.relu_activation_between_layers = bool(relu_activation_between_layers)
+
+    def __repr__(self) -> str:
+        return (f"ClsSetLayerPairInfo({type(self.layer1).__name__} -> {type(self.layer2).__name__}, "
+                f"{self.scale_factor.size} scales, relu={self.relu_activation_between_layers})")
+
+
+class ClsSetInfo:
+    """The layers of one CLS set: one pair, or two for conv → depthwise → conv."""
+
+    def __init__(self, cls_pair_1: ClsSetLayerPairInfo, cls_pair_2: ClsSetLayerPairInfo | None = None):
+        self.cls_pair_info_list = [cls_pair_1] if cls_pair_2 is None else [cls_pair_1, cls_pair_2]
+
+    def __repr__(self) -> str:
+        return f"ClsSetInfo({self.cls_pair_info_list!r})"
+
+
+# ---- graphs for the manual APIs ---------------------------------------------------------------
+
+def _chain_graph(layer_chains: Sequence[Sequence[nn.Module]]) -> tuple[_core.Graph, dict[int, str], list]:
+    """An engine graph holding only the given layers, each chain's layers connected in order.
+    Used when no model is given: adjacency is then the caller's promise (as in AIMET)."""
+    names: dict[int, str] = {}
+    modules: list[nn.Module] = []
+    for chain in layer_chains:
+        for m in chain:
+            if id(m) not in names:
+                names[id(m)] = f"layer{len(modules)}"
+                modules.append(m)
+    successor: dict[str, str] = {}
+    predecessor: dict[str, str] = {}
+    for chain in layer_chains:
+        for a, b in zip(chain, chain[1:]):
+            na, nb_ = names[id(a)], names[id(b)]
+            for table, key, value, what in ((successor, na, nb_, "feeds"), (predecessor, nb_, na, "is fed by")):
+                if table.get(key, value) != value:
+                    raise _core.InvalidRequestError(
+                        f"{type(a).__name__} {what} two different layers in the given CLS sets; a layer's "
+                        f"output can be scaled for one consumer only")
+                table[key] = value
+    # Kahn's order so every layer comes after the one feeding it.
+    order, ready = [], deque(n for n in (names[id(m)] for m in modules) if n not in predecessor)
+    while ready:
+        n = ready.popleft()
+        order.append(n)
+        if n in successor:
+            ready.append(successor[n])
+    by_name = {names[id(m)]: m for m in modules}
+    g = _core.Graph()
+    for n in order:
+        m = by_name[n]
+        inp = f"{predecessor[n]}:out" if n in predecessor else f"{n}:in"
+        _add_layer(g, n, m, inp, f"{n}:out")
+    g.graph_inputs = [f"{n}:in" for n in order if n not in predecessor]
+    g.graph_outputs = [f"{n}:out" for n in order if n not in successor]
+    return g, names, modules
+
+
+def _add_layer(g: _core.Graph, name: str, m: nn.Module, inp: str, out: str) -> None:
+    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        layout, kind = (0, 1, m.groups, False), "conv"
+    elif isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        layout, kind = (1, 0, m.groups, True), "conv"
+    elif isinstance(m, nn.Linear):
+        layout, kind = (0, 1, 1, False), "linear"
+    else:
+        raise _core.InvalidRequestError(
+            f"{type(m).__name__} cannot be cross-layer scaled; CLS sets hold Conv, ConvTranspose and Linear layers")
+    g.add_conv(name, [inp], [out], _view(m.weight, name, "weight"), layout,
+               None if m.bias is None else _view(m.bias, name, "bias"),
+               kind=kind, op_type=type(m).__name__)
+
+
+def _give_biases(g: _core.Graph, names: dict[int, str], modules: list, engine_names) -> None:
+    by_name = {names[id(m)]: m for m in modules}
+    for n in engine_names:
+        m = by_name[n]
+        if m.bias is None:
+            m.bias = nn.Parameter(torch.from_numpy(g.added_bias(n)).to(m.weight.dtype),
+                                  requires_grad=m.weight.requires_grad)
+
+
+# ---- public API ------------------------------------------------------------------------------
+
+class CrossLayerScaling:
+    """Cross-layer scaling: automatic (scale_model) or on given sets (scale_cls_sets)."""
+
+    @staticmethod
+    def scale_model(model: nn.Module, input_shapes=None, dummy_input=None, *, relu6: str = "bound",
+                    max_iterations: int = DEFAULT_MAX_ITERATIONS) -> list[ClsSetInfo]:
+        """Find and scale every CLS set of `model` in place; returns one ClsSetInfo per set.
+        (`input_shapes`/`dummy_input` are accepted for AIMET compatibility; torch.fx needs neither.)"""
+        del input_shapes, dummy_input
+        eg = build_engine_graph(model)
+        result = _core.scale_model(eg.graph, relu6=relu6, max_iterations=max_iterations)
+        apply_activation_edits(eg, result.activation_edits)
+        infos = _infos_from_result(eg, result.sets, model)
+        CrossLayerScaling.last_result = result
+        return infos
+
+    @staticmethod
+    def scale_cls_sets(cls_sets: Sequence[Sequence[nn.Module]], model: nn.Module | None = None, *,
+                       max_iterations: int = DEFAULT_MAX_ITERATIONS) -> list:
+        """Scale the given sets — (layer1, layer2) pairs and (conv, depthwise, conv) triples, in the
+        order they appear in the model. Returns per set its scale factors (a pair) or a tuple
+        (scale12, scale23) (a triple). With `model`, the sets are checked against the model's
+        graph (adjacency, what sits between); without it, adjacency is the caller's promise."""
+        if model is not None:
+            eg = build_engine_graph(model)
+            specs = [[_node_name(eg, m) for m in s] for s in cls_sets]
+            result = _core.scale_cls_sets(eg.graph, specs, relu6="bound", max_iterations=max_iterations)
+            apply_activation_edits(eg, result.activation_edits)
+        else:
+            g, names, _ = _chain_graph(cls_sets)
+            specs = [[names[id(m)] for m in s] for s in cls_sets]
+            result = _core.scale_cls_sets(g, specs, relu6="bound", max_iterations=max_iterations)
+        out = []
+        for s in result.sets:
+            scales = [p.scale for p in s.pairs]
+            out.append(scales[0] if len(scales) == 1 else tuple(scales))
+        return out
+
+    @staticmethod
+    def create_cls_set_info_list(cls_sets, scale_factors, is_relu_activation_in_cls_sets) -> list[ClsSetInfo]:
+        """ClsSetInfo objects for sets scaled by scale_cls_sets; the relu flags are one bool per
+        pair set, or a (bool, bool) tuple per triple."""
+        if not (len(cls_sets) == len(scale_factors) == len(is_relu_activation_in_cls_sets)):
+            raise _core.InvalidRequestError(
+                f"cls_sets ({len(cls_sets)}), scale_factors ({len(scale_factors)}) and "
+                f"is_relu_activation_in_cls_sets ({len(is_relu_activation_in_cls_sets)}) must have one entry per set")
+        infos = []
+        for layers, scales, relu in zip(cls_sets, scale_factors, is_relu_activation_in_cls_sets):
+            if len(layers) == 2:
+                infos.append(ClsSetInfo(ClsSetLayerPairInfo(layers[0], layers[1], scales, relu)))
+            else:
+                s12, s23 = scales
+                r12, r23 = relu if isinstance(relu, (tuple, list)) else (relu, relu)
+                infos.append(ClsSetInfo(ClsSetLayerPairInfo(layers[0], layers[1], s12, r12),
+                                        ClsSetLayerPairInfo(layers[1], layers[2], s23, r23)))
+        return infos
+
+
+class HighBiasFold:
+    """High-bias absorption after cross-layer scaling."""
+
+    @staticmethod
+    def bias_fold(cls_set_info_list: Sequence[ClsSetInfo], bn_layers: dict) -> None:
+        """Move bias above 3σ of each scaled pair's layer1 into layer2, in place. `bn_layers` maps
+        a layer to the BN that was folded after it (its γ and β give layer1's output statistics)."""
+        pairs = [p for info in cls_set_info_list for p in info.cls_pair_info_list]
+        models = {id(getattr(p, "_model", None)): getattr(p, "_model", None) for p in pairs}
+        if len(models) == 1 and None not in models.values():
+            HighBiasFold.last_result = _bias_fold_in_model(next(iter(models.values())), pairs, bn_layers)
+            return
+        g, names, modules = _chain_graph([[p.layer1, p.layer2] for p in pairs])
+        sets = [_core.ClsSetResult([_core.ClsPairResult(names[id(p.layer1)], names[id(p.layer2)],
+                                                         p.scale_factor, p.relu_activation_between_layers)])
+                for p in pairs]
+        result = _core.absorb_high_bias(g, sets, _bn_stats(bn_layers, lambda m: names.get(id(m))))
+        _give_biases(g, names, modules, [a.layer2 for a in result.absorbed if a.bias_added])
+        HighBiasFold.last_result = result
+
+
+def _bn_stats(bn_layers: dict, name_of) -> dict:
+    stats = {}
+    for layer, bn in bn_layers.items():
+        name = name_of(layer)
+        if name is not None and isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.affine:
+            stats[name] = (bn.weight.detach().double().numpy(), bn.bias.detach().double().numpy())
+    return stats
+
+
+def _bias_fold_in_model(model: nn.Module, pairs, bn_layers: dict):
+    """High-bias absorption on the model's own graph: activations between are known, so a
+    BoundedReLU's bounds are lowered with the bias (exactness of the 'bound' ReLU6 policy)."""
+    eg = build_engine_graph(model)
+
+    def name_of(module):
+        return next((n for n, m in eg.modules.items() if m is module and "#" not in n), None)
+
+    sets = []
+    for p in pairs:
+        l1, l2 = name_of(p.layer1), name_of(p.layer2)
+        between = _between(eg, l1, l2) if l1 is not None and l2 is not None else []
+        sets.append(_core.ClsSetResult([_core.ClsPairResult(l1 or "?", l2 or "?", p.scale_factor,
+                                                             p.relu_activation_between_layers, between)]))
+    result = _core.absorb_high_bias(eg.graph, sets, _bn_stats(bn_layers, name_of))
+    apply_high_bias(eg, result)
+    return result
+
+
+def _between(eg: EngineGraph, l1: str, l2: str) -> list[str]:
+    """Names of the nodes on the single-consumer path from l1's output to l2."""
+    nodes = {n.name: n for n in eg.graph.nodes()}
+    consumers: dict[str, list[str]] = {}
+    for n in nodes.values():
+        for t in n.inputs:
+            consumers.setdefault(t, []).append(n.name)
+    path, current = [], nodes[l1]
+    while True:
+        users = consumers.get(current.outputs[0], []) if current.outputs else []
+        if len(users) != 1 or users[0] == l2:
+            return path
+        path.append(users[0])
+        current = nodes[users[0]]
+
+
+def replace_relu6_with_relu(model: nn.Module) -> nn.Module:
+    """Replace every ReLU6 module (and Hardtanh(0, m)) with nn.ReLU, in place; returns the model."""
+    eg = build_engine_graph(model)
+    result = _core.replace_relu6_with_relu(eg.graph)
+    apply_activation_edits(eg, result.edits)
+    return model
+
+
+def equalize_model(model: nn.Module, input_shapes=None, dummy_input=None, *, relu6: str = "bound",
+                   max_iterations: int = DEFAULT_MAX_ITERATIONS, absorb_high_bias: bool = True):
+    """Fold batch norms, handle ReLU6, scale CLS sets and absorb high bias — in place, in one
+    atomic engine call. `dummy_input` (or `input_shapes`), when given, is used to check that the
+    model still runs. Returns the engine's EqualizeResult (``.explain()`` prints every decision)."""
+    eg = build_engine_graph(model)
+    result = _core.equalize_model(eg.graph, relu6=relu6, max_iterations=max_iterations,
+                                  absorb_high_bias=absorb_high_bias)
+    apply_equalize(eg, result)
+    if dummy_input is None and input_shapes is not None:
+        shapes = input_shapes if isinstance(input_shapes[0], (tuple, list)) else [input_shapes]
+        dummy_input = tuple(torch.zeros(*s) for s in shapes)
+    if dummy_input is not None:
+        with torch.no_grad():
+            model(*dummy_input) if isinstance(dummy_input, (tuple, list)) else model(dummy_input)
+    return result
+
+
+def _node_name(eg: EngineGraph, module: nn.Module) -> str:
+    for name, m in eg.modules.items():
+        if m is module and "#" not in name:
+            return name
+    raise _core.InvalidRequestError(f"{type(module).__name__} module is not called in the model's forward")
+
+
+def _infos_from_result(eg: EngineGraph, sets, model: nn.Module) -> list[ClsSetInfo]:
+    infos = []
+    for s in sets:
+        pairs = [ClsSetLayerPairInfo(eg.modules[p.layer1], eg.modules[p.layer2], p.scale, p.relu_between)
+                 for p in s.pairs]
+        for p in pairs:
+            p._model = model  # lets bias_fold see what sits between (e.g. a BoundedReLU to lower)
+        infos.append(ClsSetInfo(*pairs))
+    return infos

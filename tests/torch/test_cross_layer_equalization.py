@@ -1,0 +1,298 @@
+"""PyTorch CLE API: numerics against the model's own forward pass, on randomized BN statistics."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from prequant import _core
+from prequant.torch.activations import BoundedReLU
+from prequant.torch.batch_norm_fold import fold_all_batch_norms, fold_given_batch_norms
+from prequant.torch.cross_layer_equalization import (
+    ClsSetInfo,
+    CrossLayerScaling,
+    HighBiasFold,
+    equalize_model,
+    replace_relu6_with_relu,
+)
+
+torch.manual_seed(0)
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Realistic BN statistics: var in [1e-2, 10], non-zero mean, some negative gamma."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            c = m.num_features
+            with torch.no_grad():
+                m.running_var.copy_(10 ** (torch.rand(c, generator=g) * 3 - 2))
+                m.running_mean.copy_(torch.randn(c, generator=g))
+                if m.affine:
+                    m.weight.copy_(torch.randn(c, generator=g))
+                    m.bias.copy_(torch.randn(c, generator=g))
+    return model
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def out_ranges(m: nn.Module) -> np.ndarray:
+    w = m.weight.detach().double()
+    axis = 1 if isinstance(m, nn.modules.conv._ConvTransposeNd) else 0
+    return w.abs().transpose(0, axis).flatten(1).max(1).values.numpy()
+
+
+def in_ranges(m: nn.Module) -> np.ndarray:
+    w = m.weight.detach().double()
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        return w.abs().flatten(1).max(1).values.numpy()
+    groups = getattr(m, "groups", 1)
+    if groups > 1:  # out channel o of group g reads in channels g·I/g ... (g+1)·I/g − 1
+        o, i_per_group = w.shape[0], w.shape[1]
+        per = w.abs().flatten(2).max(2).values  # (O, I/g)
+        ranges = torch.zeros(groups * i_per_group, dtype=w.dtype)
+        for g in range(groups):
+            block = per[g * (o // groups):(g + 1) * (o // groups)].max(0).values
+            ranges[g * i_per_group:(g + 1) * i_per_group] = block
+        return ranges.numpy()
+    return w.abs().transpose(0, 1).flatten(1).max(1).values.numpy()
+
+
+class MobileBlock(nn.Module):
+    """conv → BN → ReLU6 → depthwise → BN → ReLU6 → conv → BN → conv → BN → ReLU → linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.act1 = nn.ReLU6()
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.act2 = nn.ReLU6()
+        self.pw = nn.Conv2d(8, 16, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(16)
+        self.conv4 = nn.Conv2d(16, 12, 3)
+        self.bn4 = nn.BatchNorm2d(12)
+        self.act4 = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.act2(self.bn2(self.dw(x)))
+        x = self.bn3(self.pw(x))
+        x = self.act4(self.bn4(self.conv4(x)))
+        return self.fc(self.flatten(self.pool(x)))
+
+
+def make_block() -> nn.Module:
+    return randomize_bn(MobileBlock()).eval()
+
+
+def test_fold_all_batch_norms_matches_forward():
+    model = make_block()
+    x = torch.randn(2, 3, 16, 16)
+    ref = model(x)
+    pairs = fold_all_batch_norms(model)
+    assert [(type(a).__name__, type(b).__name__) for a, b in pairs] == [("Conv2d", "BatchNorm2d")] * 4
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert all(m.bias is not None for m in (model.conv1, model.dw, model.pw))
+    assert rel_err(model(x), ref) < 1e-5
+
+
+def test_fold_bn_before_conv_and_declined_reasons():
+    class BnFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm1d(6)
+            self.fc = nn.Linear(6, 4)
+            self.bn_pad = nn.BatchNorm2d(3)
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x, y):
+            return self.fc(self.bn(x)), self.conv(self.bn_pad(y))
+
+    model = randomize_bn(BnFirst()).eval()
+    x, y = torch.randn(5, 6), torch.randn(2, 3, 8, 8)
+    ref = model(x, y)
+    pairs, result = fold_all_batch_norms(model, return_result=True)
+    assert [(a, b) for a, b in pairs] == [(model.fc, pairs[0][1])]
+    assert isinstance(model.bn, nn.Identity) and isinstance(model.bn_pad, nn.BatchNorm2d)
+    assert "pads its input" in result.explain()
+    for got, want in zip(model(x, y), ref):
+        assert rel_err(got, want) < 1e-5
+
+
+def test_fold_given_batch_norms_and_invalid_pair_changes_nothing():
+    model = make_block()
+    x = torch.randn(1, 3, 12, 12)
+    ref = model(x)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(_core.InvalidRequestError, match="does not read the output"):
+        fold_given_batch_norms(model, [(model.conv1, model.bn1, True), (model.conv1, model.bn2, True)])
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert isinstance(model.bn1, nn.BatchNorm2d)
+    fold_given_batch_norms(model, [(model.conv1, model.bn1, True)])
+    assert isinstance(model.bn1, nn.Identity)
+    assert rel_err(model(x), ref) < 1e-5
+
+
+@pytest.mark.parametrize("relu6", ["bound", "replace", "skip"])
+def test_equalize_model_policies(relu6):
+    model = make_block()
+    x = torch.randn(2, 3, 16, 16)
+    ref = model(x)
+    result = equalize_model(model, relu6=relu6, absorb_high_bias=False)
+    out = model(x)
+    if relu6 == "replace":
+        assert isinstance(model.act1, nn.ReLU) and isinstance(model.act2, nn.ReLU)
+    elif relu6 == "bound":
+        assert isinstance(model.act1, BoundedReLU) and isinstance(model.act2, BoundedReLU)
+        assert rel_err(out, ref) < 1e-4
+    else:
+        assert isinstance(model.act1, nn.ReLU6)
+        assert rel_err(out, ref) < 1e-4
+        assert "skip" in result.explain()
+    layers = [s.layers for s in result.cls.sets]
+    if relu6 != "skip":
+        assert ["conv1", "dw", "pw"] in layers
+    assert ["pw", "conv4"] in layers
+
+
+def test_equalized_ranges_are_equal():
+    model = make_block()
+    result = equalize_model(model, absorb_high_bias=False)
+    for s in result.cls.sets:
+        mods = [dict(model.named_modules())[n] for n in s.layers]
+        if len(mods) == 2:
+            np.testing.assert_allclose(out_ranges(mods[0]), in_ranges(mods[1]), rtol=1e-4)
+        else:
+            r1, r2, r3 = out_ranges(mods[0]), out_ranges(mods[1]), in_ranges(mods[2])
+            np.testing.assert_allclose(r1, r2, rtol=1e-4)
+            np.testing.assert_allclose(r2, r3, rtol=1e-4)
+
+
+def test_high_bias_absorption_applied_and_close():
+    model = make_block()
+    x = torch.randn(4, 3, 16, 16)
+    ref = model(x)
+    result = equalize_model(model)
+    assert result.high_bias.absorbed, result.explain()
+    # An approximation (3σ); outputs stay close on typical inputs.
+    assert rel_err(model(x), ref) < 0.5
+
+
+def test_stepwise_api_like_aimet():
+    model = make_block()
+    x = torch.randn(2, 3, 16, 16)
+    ref = model(x)
+    replace_relu6_with_relu(model)
+    assert isinstance(model.act1, nn.ReLU)
+    relu_ref = model(x)
+    pairs = fold_all_batch_norms(model)
+    bn_dict = {layer: bn for layer, bn in pairs}
+    infos = CrossLayerScaling.scale_model(model)
+    assert infos and all(isinstance(i, ClsSetInfo) for i in infos)
+    assert rel_err(model(x), relu_ref) < 1e-4
+    HighBiasFold.bias_fold(infos, bn_dict)
+    assert HighBiasFold.last_result.absorbed
+    del ref
+
+
+def test_manual_scale_cls_sets_and_info_list():
+    model = make_block()
+    fold_all_batch_norms(model)
+    replace_relu6_with_relu(model)
+    x = torch.randn(2, 3, 16, 16)
+    ref = model(x)
+    sets = [(model.conv1, model.dw, model.pw), (model.pw, model.conv4)]
+    scales = CrossLayerScaling.scale_cls_sets(sets)
+    assert isinstance(scales[0], tuple) and len(scales[0]) == 2 and scales[1].shape == (16,)
+    assert rel_err(model(x), ref) < 1e-4
+    infos = CrossLayerScaling.create_cls_set_info_list(sets, scales, [(True, True), False])
+    assert len(infos[0].cls_pair_info_list) == 2 and len(infos[1].cls_pair_info_list) == 1
+
+
+def test_manual_scale_checks_against_model():
+    model = make_block()
+    fold_all_batch_norms(model)
+    with pytest.raises(_core.InvalidRequestError, match="not adjacent|cannot scale"):
+        CrossLayerScaling.scale_cls_sets([(model.conv1, model.pw)], model=model)
+    with pytest.raises(_core.InvalidRequestError):
+        CrossLayerScaling.scale_cls_sets([(model.conv1, model.conv4)])  # 8 vs 16 channels
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+def test_conv1d_conv3d_and_transposed(dims):
+    Conv = {1: nn.Conv1d, 3: nn.Conv3d}[dims]
+    ConvT = {1: nn.ConvTranspose1d, 3: nn.ConvTranspose3d}[dims]
+    BN = {1: nn.BatchNorm1d, 3: nn.BatchNorm3d}[dims]
+    model = randomize_bn(nn.Sequential(
+        Conv(3, 6, 3), BN(6), nn.LeakyReLU(0.1), ConvT(6, 4, 3, stride=2, groups=2), BN(4), nn.PReLU(4),
+        Conv(4, 5, 1), BN(5),
+    )).eval()
+    x = torch.randn(2, 3, *([6] * dims))
+    ref = model(x)
+    result = equalize_model(model, absorb_high_bias=False)
+    assert len(result.fold.folded) == 3
+    assert len(result.cls.sets) == 2
+    assert rel_err(model(x), ref) < 1e-4
+
+
+def test_bad_inputs_are_refused_clearly():
+    model = make_block().train()
+    with pytest.raises(_core.UnsupportedError, match="training mode"):
+        equalize_model(model)
+    half = make_block().half()
+    with pytest.raises(_core.UnsupportedError, match="float16"):
+        equalize_model(half)
+    nan = make_block()
+    with torch.no_grad():
+        nan.conv4.weight[0, 0, 0, 0] = float("nan")
+    before = copy.deepcopy(nan.state_dict())
+    with pytest.raises(_core.InvalidParameterError, match="conv4"):
+        equalize_model(nan)
+    for k, v in nan.state_dict().items():
+        assert torch.equal(v, before[k]) or (torch.isnan(v).any() and torch.equal(v.isnan(), before[k].isnan())), k
+    assert isinstance(nan.bn1, nn.BatchNorm2d)
+
+
+def test_random_rescaling_is_undone():
+    """GUIDE's stress case: a function-preserving random per-channel rescaling (1e-2..1e2)
+    wrecks per-channel ranges; CLS brings paired ranges back to equal."""
+    model = make_block()
+    fold_all_batch_norms(model)
+    replace_relu6_with_relu(model)
+    g = torch.Generator().manual_seed(1)
+    s = 10 ** (torch.rand(16, generator=g) * 4 - 2)
+    with torch.no_grad():
+        model.pw.weight.mul_(s.view(-1, 1, 1, 1))
+        model.pw.bias.mul_(s)
+        model.conv4.weight.div_(s.view(1, -1, 1, 1))
+    x = torch.randn(2, 3, 16, 16)
+    ref = model(x)
+    CrossLayerScaling.scale_model(model)
+    np.testing.assert_allclose(out_ranges(model.pw), in_ranges(model.conv4), rtol=1e-4)
+    assert rel_err(model(x), ref) < 1e-4
+
+
+def test_stepwise_bound_policy_keeps_bounds_exact_through_bias_fold():
+    """scale_model with the 'bound' policy, then bias_fold: the BoundedReLU bounds drop with the
+    bias, so outputs stay equal on inputs where pre-activations stay above the absorbed amount."""
+    model = make_block()
+    pairs = fold_all_batch_norms(model)
+    infos = CrossLayerScaling.scale_model(model)
+    assert isinstance(model.act1, BoundedReLU)
+    upper_before = model.act1.upper.clone()
+    HighBiasFold.bias_fold(infos, {layer: bn for layer, bn in pairs})
+    absorbed = {(a.layer1, a.layer2): a.amount for a in HighBiasFold.last_result.absorbed}
+    c = torch.as_tensor(absorbed[("conv1", "dw")], dtype=torch.float32)
+    assert torch.allclose(model.act1.upper, upper_before - c, atol=1e-5)
