@@ -11,11 +11,13 @@
 //   Guards: a channel with a zero range gets scale 1; s is clamped to [min_scale, max_scale].
 //   ReLU6 between: 'replace' turns the clip into ReLU; 'bound' divides the clip's per-channel
 //   upper bound by the same s, which keeps the FP32 output exact.
-//   Overlapping sets (L1→L2, L2→L3) disturb each other; with max_iterations > 1 the sets are
-//   scaled again until every |ln s| of an iteration is below `tolerance`. Reported scales are
-//   the product over iterations.
+//   Overlapping sets (L1→L2, L2→L3) disturb each other; with max_iterations > 1 a set is scaled
+//   again while a neighbour sharing one of its layers moved by |ln s| ≥ `tolerance`, until no set
+//   moves or the iterations run out. Reported scales are the product over iterations.
 #include <algorithm>
 #include <cmath>
+#include <optional>
+#include <unordered_map>
 
 #include "cls_chain.h"
 #include "pass_util.h"
@@ -72,22 +74,19 @@ double guarded_scale(double s, double r_a, double r_b, const ClsOptions& o) {
   return std::clamp(s, o.min_scale, o.max_scale);
 }
 
-// Divides L's output channels (weight and bias) by `s`, and the clip bounds after it.
-void divide_outputs(Node& layer, const std::vector<double>& s) {
-  std::vector<double> inv(s.size());
-  for (size_t c = 0; c < s.size(); ++c) inv[c] = 1.0 / s[c];
-  scale_out_channels(layer.weight, inv);
-  if (!layer.bias.empty()) {
-    detail::note_write();
-    for (size_t c = 0; c < s.size(); ++c) layer.bias.set(c, layer.bias.get(c) / s[c]);
-  }
+// b[c] *= f[c].
+void multiply_bias(Node& layer, const std::vector<double>& f) {
+  if (layer.bias.empty()) return;
+  detail::note_write();
+  for (size_t c = 0; c < f.size(); ++c) layer.bias.set(c, layer.bias.get(c) * f[c]);
 }
 
-void divide_bounds(Graph& graph, const ClsLink& link, const std::vector<double>& s) {
+// A clip between two scaled layers follows the first layer's output: bound[c] *= f[c].
+void multiply_bounds(Graph& graph, const ClsLink& link, const std::vector<double>& f) {
   for (size_t b : link.between) {
     Node& n = graph.nodes[b];
     if (n.kind != OpKind::Clip || n.clip_max_per_channel.empty()) continue;
-    for (size_t c = 0; c < s.size(); ++c) n.clip_max_per_channel[c] /= s[c];
+    for (size_t c = 0; c < f.size(); ++c) n.clip_max_per_channel[c] *= f[c];
   }
 }
 
@@ -126,56 +125,99 @@ ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, con
     for (size_t p = 0; p < sets[k].links.size(); ++p)
       total[k].emplace_back(graph.nodes[sets[k].layers[p]].out_channels(), 1.0);
 
+  // Iterate on each layer's RangeMatrix and cumulative per-channel factors; the weights are
+  // written once, at the end (and only then, so a failure midway changes nothing).
+  struct LayerState {
+    RangeMatrix matrix;
+    std::vector<double> out_factor, in_factor;
+    std::optional<ChannelRanges> ranges;  // under the current factors
+  };
+  std::unordered_map<size_t, LayerState> state;
+  for (const auto& set : sets)
+    for (size_t l : set.layers)
+      if (!state.count(l)) {
+        const Node& n = graph.nodes[l];
+        state.emplace(l, LayerState{RangeMatrix(n.weight), std::vector<double>(n.out_channels(), 1.0),
+                                    std::vector<double>(n.in_channels(), 1.0), std::nullopt});
+      }
+  auto ranges_of = [&](size_t layer) -> const ChannelRanges& {
+    LayerState& st = state.at(layer);
+    if (!st.ranges) st.ranges = st.matrix.ranges(st.out_factor, st.in_factor);
+    return *st.ranges;
+  };
+  auto multiply = [&](size_t layer, std::vector<double> LayerState::*which, const std::vector<double>& f,
+                      bool invert) {
+    LayerState& st = state.at(layer);
+    auto& v = st.*which;
+    for (size_t c = 0; c < v.size(); ++c) v[c] = invert ? v[c] / f[c] : v[c] * f[c];
+    st.ranges.reset();
+  };
+  // Sets sharing a layer disturb each other; only a set whose layers moved is scaled again.
+  std::vector<std::vector<size_t>> neighbours(sets.size());
+  for (size_t a = 0; a < sets.size(); ++a)
+    for (size_t b = 0; b < sets.size(); ++b)
+      if (a != b && std::find_first_of(sets[a].layers.begin(), sets[a].layers.end(), sets[b].layers.begin(),
+                                       sets[b].layers.end()) != sets[a].layers.end())
+        neighbours[a].push_back(b);
+  std::vector<bool> dirty(sets.size(), true);
+
   const int iterations = std::max(1, options.max_iterations);
   for (int it = 0; it < iterations; ++it) {
     double max_log = 0.0;
+    bool any = false;
     for (size_t k = 0; k < sets.size(); ++k) {
+      if (!dirty[k]) continue;
+      any = true;
+      dirty[k] = false;
       const auto& set = sets[k];
-      Node& l1 = graph.nodes[set.layers[0]];
-      const auto r1 = out_channel_ranges(l1.weight);
+      const std::vector<double> r1 = ranges_of(set.layers[0]).out;
+      double set_log = 0.0;
       if (set.layers.size() == 2) {
-        Node& l2 = graph.nodes[set.layers[1]];
-        const auto r2 = in_channel_ranges(l2.weight);
+        const std::vector<double>& r2 = ranges_of(set.layers[1]).in;
         std::vector<double> s(r1.size());
         for (size_t c = 0; c < s.size(); ++c) {
           s[c] = guarded_scale(std::sqrt(r1[c] / r2[c]), r1[c], r2[c], options);
-          max_log = std::max(max_log, std::abs(std::log(s[c])));
+          set_log = std::max(set_log, std::abs(std::log(s[c])));
           total[k][0][c] *= s[c];
         }
-        divide_outputs(l1, s);
-        divide_bounds(graph, set.links[0], s);
-        scale_in_channels(l2.weight, s);
+        multiply(set.layers[0], &LayerState::out_factor, s, true);
+        multiply(set.layers[1], &LayerState::in_factor, s, false);
       } else {
-        Node& dw = graph.nodes[set.layers[1]];
-        Node& l3 = graph.nodes[set.layers[2]];
-        const auto r2 = out_channel_ranges(dw.weight);
-        const auto r3 = in_channel_ranges(l3.weight);
-        std::vector<double> s12(r1.size()), s23(r1.size()), dw_factor(r1.size());
+        const std::vector<double> r2 = ranges_of(set.layers[1]).out;
+        const std::vector<double>& r3 = ranges_of(set.layers[2]).in;
+        std::vector<double> s12(r1.size()), s23(r1.size());
         for (size_t c = 0; c < r1.size(); ++c) {
           const double cube = std::cbrt(r1[c] * r2[c] * r3[c]);
           const bool ok = r1[c] > 0 && r2[c] > 0 && r3[c] > 0;
           s12[c] = ok ? guarded_scale(r1[c] / cube, r1[c], cube, options) : 1.0;
           s23[c] = ok ? guarded_scale(cube / r3[c], cube, r3[c], options) : 1.0;
-          dw_factor[c] = s12[c] / s23[c];
-          max_log = std::max({max_log, std::abs(std::log(s12[c])), std::abs(std::log(s23[c]))});
+          set_log = std::max({set_log, std::abs(std::log(s12[c])), std::abs(std::log(s23[c]))});
           total[k][0][c] *= s12[c];
           total[k][1][c] *= s23[c];
         }
-        divide_outputs(l1, s12);
-        divide_bounds(graph, set.links[0], s12);
-        scale_out_channels(dw.weight, dw_factor);
-        if (!dw.bias.empty()) {
-          detail::note_write();
-          for (size_t c = 0; c < s23.size(); ++c) dw.bias.set(c, dw.bias.get(c) / s23[c]);
-        }
-        divide_bounds(graph, set.links[1], s23);
-        scale_in_channels(l3.weight, s23);
+        multiply(set.layers[0], &LayerState::out_factor, s12, true);
+        multiply(set.layers[1], &LayerState::in_factor, s12, false);  // depthwise: in channel c = out channel c
+        multiply(set.layers[1], &LayerState::out_factor, s23, true);
+        multiply(set.layers[2], &LayerState::in_factor, s23, false);
       }
+      max_log = std::max(max_log, set_log);
+      if (set_log >= options.tolerance)
+        for (size_t b : neighbours[k]) dirty[b] = true;
     }
+    if (!any) break;
     result.iterations = it + 1;
     result.last_max_log_scale = max_log;
-    if (max_log < options.tolerance) break;
   }
+
+  // Write: each weight once; biases and clip bounds follow the layer's output factor.
+  for (auto& [layer, st] : state) {
+    Node& n = graph.nodes[layer];
+    scale_channels(n.weight, st.out_factor, st.in_factor);
+    multiply_bias(n, st.out_factor);
+  }
+  for (const auto& set : sets)
+    for (size_t p = 0; p < set.links.size(); ++p)
+      multiply_bounds(graph, set.links[p], state.at(set.layers[p]).out_factor);
 
   for (size_t k = 0; k < sets.size(); ++k) {
     ClsSetResult out;

@@ -51,12 +51,11 @@ void TensorView::assign(std::span<const double> values) {
 
 namespace {
 
-// The blocks around the two channel axes, and how local axis indices become full channels.
+// The blocks around the two channel axes, and tables that turn the local indices (x along the
+// first channel axis, y along the second) into full channels: o = oa[x] + ob[y], i = ia[x] + ib[y].
 struct ChannelWalk {
   int64_t outer = 1, first = 1, middle = 1, second = 1, inner = 1;
-  bool out_first = true;  // the out axis comes before the in axis
-  int64_t out_per_group = 1, in_per_group = 1;
-  bool transposed = false;
+  std::vector<int64_t> oa, ob, ia, ib;
 
   explicit ChannelWalk(const Weight& w) {
     const auto& shape = w.tensor.shape;
@@ -75,44 +74,50 @@ struct ChannelWalk {
     for (int d = a + 1; d < b; ++d) middle *= shape[d];
     second = shape[b];
     for (int d = b + 1; d < rank; ++d) inner *= shape[d];
-    out_first = l.out_axis < l.in_axis;
-    transposed = l.transposed;
-    if (transposed) {
-      out_per_group = shape[l.out_axis];
-      in_per_group = shape[l.in_axis] / l.groups;
+    const bool out_first = l.out_axis < l.in_axis;
+    // Per-group sizes: the per-group axis is the in axis, or the out axis when transposed.
+    const int64_t o_local = shape[l.out_axis], i_local = shape[l.in_axis];
+    const int64_t opg = l.transposed ? o_local : o_local / l.groups;
+    const int64_t ipg = l.transposed ? i_local / l.groups : i_local;
+    // Along the out axis index u and in axis index v:
+    //   regular:    o = u,                 i = (u / opg)·ipg + v
+    //   transposed: o = (v / ipg)·opg + u, i = v
+    std::vector<int64_t> o_of_u(o_local), i_of_u(o_local, 0), o_of_v(i_local, 0), i_of_v(i_local);
+    for (int64_t u = 0; u < o_local; ++u) {
+      o_of_u[u] = u;
+      if (!l.transposed) i_of_u[u] = (u / opg) * ipg;
+    }
+    for (int64_t v = 0; v < i_local; ++v) {
+      i_of_v[v] = v;
+      if (l.transposed) o_of_v[v] = (v / ipg) * opg;
+    }
+    if (out_first) {
+      oa = std::move(o_of_u), ia = std::move(i_of_u), ob = std::move(o_of_v), ib = std::move(i_of_v);
     } else {
-      out_per_group = shape[l.out_axis] / l.groups;
-      in_per_group = shape[l.in_axis];
+      oa = std::move(o_of_v), ia = std::move(i_of_v), ob = std::move(o_of_u), ib = std::move(i_of_u);
     }
   }
 
-  // Calls f(o, i, begin, count): `count` contiguous elements from `begin` share channels (o, i).
+  // Calls f(x, y, o, i, begin, count): `count` contiguous elements from `begin` share (o, i).
   template <class F>
   void run(F&& f) const {
     int64_t offset = 0;
     for (int64_t p0 = 0; p0 < outer; ++p0)
-      for (int64_t x = 0; x < first; ++x)
+      for (int64_t x = 0; x < first; ++x) {
+        const int64_t ox = oa[x], ix = ia[x];
         for (int64_t p1 = 0; p1 < middle; ++p1)
           for (int64_t y = 0; y < second; ++y) {
-            const int64_t o_axis = out_first ? x : y, i_axis = out_first ? y : x;
-            int64_t o, i;
-            if (transposed) {
-              i = i_axis;
-              o = (i / in_per_group) * out_per_group + o_axis;
-            } else {
-              o = o_axis;
-              i = (o / out_per_group) * in_per_group + i_axis;
-            }
-            f(o, i, offset, inner);
+            f(x, y, ox + ob[y], ix + ib[y], offset, inner);
             offset += inner;
           }
+      }
   }
 };
 
 template <class T, class F>
 void walk_typed(const Weight& w, F&& f) {
   T* data = static_cast<T*>(w.tensor.data);
-  ChannelWalk(w).run([&](int64_t o, int64_t i, int64_t begin, int64_t count) {
+  ChannelWalk(w).run([&](int64_t, int64_t, int64_t o, int64_t i, int64_t begin, int64_t count) {
     f(o, i, data + begin, count);
   });
 }
@@ -177,6 +182,75 @@ void scale_in_channels(const Weight& w, std::span<const double> factor) {
     const double f = factor[i];
     for (int64_t k = 0; k < n; ++k) p[k] = static_cast<T>(p[k] * f);
   });
+}
+
+ChannelRanges channel_ranges(const Weight& w) {
+  ChannelRanges r{std::vector<double>(static_cast<size_t>(w.out_channels()), 0.0),
+                  std::vector<double>(static_cast<size_t>(w.in_channels()), 0.0)};
+  walk(w, [&](int64_t o, int64_t i, auto* p, int64_t n) {
+    const double m = max_abs(p, n);
+    r.out[o] = std::max(r.out[o], m);
+    r.in[i] = std::max(r.in[i], m);
+  });
+  return r;
+}
+
+ChannelRanges scale_channels(const Weight& w, std::span<const double> out_factor,
+                             std::span<const double> in_factor) {
+  detail::note_write();
+  ChannelRanges r{std::vector<double>(static_cast<size_t>(w.out_channels()), 0.0),
+                  std::vector<double>(static_cast<size_t>(w.in_channels()), 0.0)};
+  walk(w, [&](int64_t o, int64_t i, auto* p, int64_t n) {
+    using T = std::remove_pointer_t<decltype(p)>;
+    const double f = (out_factor.empty() ? 1.0 : out_factor[o]) * (in_factor.empty() ? 1.0 : in_factor[i]);
+    T m = 0;
+    for (int64_t k = 0; k < n; ++k) {
+      p[k] = static_cast<T>(p[k] * f);
+      m = std::max(m, std::abs(p[k]));
+    }
+    r.out[o] = std::max(r.out[o], static_cast<double>(m));
+    r.in[i] = std::max(r.in[i], static_cast<double>(m));
+  });
+  return r;
+}
+
+struct RangeMatrix::Tables {
+  ChannelWalk walk;
+};
+
+RangeMatrix::RangeMatrix(const Weight& w)
+    : tables_(std::make_shared<Tables>(Tables{ChannelWalk(w)})),
+      out_channels_(w.out_channels()),
+      in_channels_(w.in_channels()) {
+  const ChannelWalk& cw = tables_->walk;
+  m_.assign(static_cast<size_t>(cw.first * cw.second), 0.0f);
+  auto fill = [&](const auto* data) {
+    cw.run([&](int64_t x, int64_t y, int64_t, int64_t, int64_t begin, int64_t count) {
+      float& cell = m_[static_cast<size_t>(x * cw.second + y)];
+      cell = std::max(cell, static_cast<float>(max_abs(data + begin, count)));
+    });
+  };
+  if (w.tensor.dtype == DType::Float32)
+    fill(static_cast<const float*>(w.tensor.data));
+  else
+    fill(static_cast<const double*>(w.tensor.data));
+}
+
+ChannelRanges RangeMatrix::ranges(std::span<const double> out_factor, std::span<const double> in_factor) const {
+  const ChannelWalk& cw = tables_->walk;
+  ChannelRanges r{std::vector<double>(static_cast<size_t>(out_channels_), 0.0),
+                  std::vector<double>(static_cast<size_t>(in_channels_), 0.0)};
+  for (int64_t x = 0; x < cw.first; ++x) {
+    const float* row = m_.data() + x * cw.second;
+    const int64_t ox = cw.oa[x], ix = cw.ia[x];
+    for (int64_t y = 0; y < cw.second; ++y) {
+      const int64_t o = ox + cw.ob[y], i = ix + cw.ib[y];
+      const double v = row[y] * out_factor[o] * in_factor[i];
+      r.out[o] = std::max(r.out[o], v);
+      r.in[i] = std::max(r.in[i], v);
+    }
+  }
+  return r;
 }
 
 std::vector<double> contract_in_channels(const Weight& w, std::span<const double> v) {

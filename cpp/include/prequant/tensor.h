@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -75,6 +76,30 @@ std::vector<double> in_channel_ranges(const Weight& w);
 void scale_out_channels(const Weight& w, std::span<const double> factor);
 // W[:, i, ...] *= factor[i].
 void scale_in_channels(const Weight& w, std::span<const double> factor);
+// Both per-channel range vectors, in one pass over the weight.
+struct ChannelRanges {
+  std::vector<double> out, in;
+};
+ChannelRanges channel_ranges(const Weight& w);
+// W[o, i, ...] *= out_factor[o] · in_factor[i] (an empty span stands for all ones), returning the
+// ranges of the result: one pass where scaling and re-measuring would take two.
+ChannelRanges scale_channels(const Weight& w, std::span<const double> out_factor,
+                             std::span<const double> in_factor);
+// max |W| per (out, in) channel pair (over kernel and other axes): enough to know a weight's
+// ranges under any per-channel rescaling W·diag(out_factor)·diag(in_factor) without touching
+// it, so cross-layer scaling iterates on these small matrices and writes each weight once.
+class RangeMatrix {
+ public:
+  explicit RangeMatrix(const Weight& w);  // one read pass over w
+  ChannelRanges ranges(std::span<const double> out_factor, std::span<const double> in_factor) const;
+
+ private:
+  struct Tables;
+  std::shared_ptr<const Tables> tables_;
+  std::vector<float> m_;
+  int64_t out_channels_, in_channels_;
+};
+
 // result[o] = Σ_i Σ_k W[o, i, k] · v[i]  (v indexed by full input channel); in double.
 std::vector<double> contract_in_channels(const Weight& w, std::span<const double> v);
 // First element that is NaN or ±Inf, or -1.
