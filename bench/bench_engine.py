@@ -3,8 +3,8 @@
     python bench/bench_engine.py [--model resnet50] [--repeats 7]
 
 For each repeat, a fresh copy of the model (random weights, randomized BN statistics) is built
-outside the timed region; then, timed: one copy of every parameter (the baseline), building the
-engine graph (zero-copy views), fold_batch_norms, scale_model (CLS to convergence), and the whole
+outside the timed region; then, timed: one NumPy copy of every parameter and buffer (the baseline: a plain memcpy into fresh memory), building the
+engine graph (zero-copy views), fold_batch_norms, scale_model (one pass as AIMET does, then to convergence), and the whole
 equalize_model pipeline on another fresh copy. Medians and ratios to the copy are printed as a
 Markdown table (docs/BENCHMARKS.md quotes it). Not a test: timings vary on shared machines.
 """
@@ -53,16 +53,19 @@ def main() -> None:
     base = randomized(args.model)
     n_params = sum(p.numel() for p in base.parameters()) + sum(b.numel() for b in base.buffers())
     rows: dict[str, list[float]] = {k: [] for k in ("copy weights once", "build engine graph",
-                                                    "fold_batch_norms", "scale_model (CLS, converged)",
+                                                    "fold_batch_norms", "scale_model (CLS, one pass)",
+                                                    "scale_model (CLS, converged)",
                                                     "equalize_model (all passes)")}
     for _ in range(args.repeats):
         model = copy.deepcopy(base)
         tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
-        rows["copy weights once"].append(timed(lambda: [t.detach().clone() for t in tensors]))
+        arrays = [t.detach().numpy() for t in tensors]
+        rows["copy weights once"].append(timed(lambda: [a.copy() for a in arrays]))
         holder = {}
         rows["build engine graph"].append(timed(lambda: holder.setdefault("eg", build_engine_graph(model))))
         g = holder["eg"].graph
         rows["fold_batch_norms"].append(timed(lambda: _core.fold_batch_norms(g)))
+        rows["scale_model (CLS, one pass)"].append(timed(lambda: _core.scale_model(g, max_iterations=1)))
         rows["scale_model (CLS, converged)"].append(timed(lambda: _core.scale_model(g, max_iterations=100)))
         model2 = copy.deepcopy(base)
         g2 = build_engine_graph(model2).graph

@@ -59,8 +59,8 @@ HighBiasResult absorb_high_bias(Graph& graph, const std::vector<ClsSetResult>& s
         decline("'" + l1.name + "' has no bias to absorb");
         continue;
       }
-      require_finite_layer(l1);
-      require_finite_layer(l2);
+      require_finite_layer(tx, l1);
+      require_finite_layer(tx, l2);
 
       std::vector<Node*> clips;
       for (const auto& name : pair.activations_between)

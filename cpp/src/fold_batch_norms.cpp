@@ -55,8 +55,8 @@ FoldResult apply_folds(Graph& graph, std::vector<FoldRequest> requests, std::vec
   Transaction tx(graph);
   // Validate everything before the first write.
   for (const auto& r : requests) {
-    require_valid_batch_norm(graph.at(r.bn));
-    require_finite_layer(graph.at(r.layer));
+    require_valid_batch_norm(tx, graph.at(r.bn));
+    require_finite_layer(tx, graph.at(r.layer));
   }
   FoldResult result;
   result.declined = std::move(declined);

@@ -7,8 +7,8 @@
 
 namespace prequant {
 
-void require_finite(const Node& node, const TensorView& t, const char* role) {
-  if (t.empty()) return;
+void require_finite(Transaction& tx, const Node& node, const TensorView& t, const char* role) {
+  if (t.empty() || !tx.first_check(t)) return;
   const int64_t bad = find_non_finite(t);
   if (bad >= 0)
     throw InvalidParameterError("node '" + node.name + "': " + role + " '" + t.name +
@@ -19,16 +19,16 @@ void require_finite(const Node& node, const TensorView& t, const char* role) {
                                 node.name);
 }
 
-void require_finite_layer(const Node& layer) {
-  require_finite(layer, layer.weight.tensor, "weight");
-  require_finite(layer, layer.bias, "bias");
+void require_finite_layer(Transaction& tx, const Node& layer) {
+  require_finite(tx, layer, layer.weight.tensor, "weight");
+  require_finite(tx, layer, layer.bias, "bias");
 }
 
-void require_valid_batch_norm(const Node& bn) {
-  require_finite(bn, bn.gamma, "gamma");
-  require_finite(bn, bn.beta, "beta");
-  require_finite(bn, bn.mean, "running mean");
-  require_finite(bn, bn.var, "running variance");
+void require_valid_batch_norm(Transaction& tx, const Node& bn) {
+  require_finite(tx, bn, bn.gamma, "gamma");
+  require_finite(tx, bn, bn.beta, "beta");
+  require_finite(tx, bn, bn.mean, "running mean");
+  require_finite(tx, bn, bn.var, "running variance");
   if (!std::isfinite(bn.eps) || bn.eps < 0)
     throw InvalidParameterError("batch norm '" + bn.name + "': eps is " + std::to_string(bn.eps) +
                                     "; it must be a finite value ≥ 0",

@@ -11,11 +11,12 @@
 namespace prequant {
 
 // Throws InvalidParameterError naming the node and parameter if `t` holds NaN or ±Inf.
-void require_finite(const Node& node, const TensorView& t, const char* role);
+// Each tensor is checked once per (outermost) transaction.
+void require_finite(Transaction& tx, const Node& node, const TensorView& t, const char* role);
 // Every parameter of a conv/linear finite.
-void require_finite_layer(const Node& layer);
+void require_finite_layer(Transaction& tx, const Node& layer);
 // BN parameters finite, var ≥ 0 and var + eps > 0.
-void require_valid_batch_norm(const Node& bn);
+void require_valid_batch_norm(Transaction& tx, const Node& bn);
 
 // Gives `layer` a zero bias in the graph's arena if it has none; returns true if it did.
 bool ensure_bias(Graph& graph, Node& layer);

@@ -99,7 +99,7 @@ ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, con
   Transaction tx(graph);
   for (const auto& set : sets)
     for (size_t l : set.layers) {
-      require_finite_layer(graph.nodes[l]);
+      require_finite_layer(tx, graph.nodes[l]);
       protect_node(tx, graph.nodes[l]);
     }
 

@@ -56,6 +56,8 @@ namespace {
 struct ChannelWalk {
   int64_t outer = 1, first = 1, middle = 1, second = 1, inner = 1;
   std::vector<int64_t> oa, ob, ia, ib;
+  bool out_first = true;
+  bool plain = false;  // one group: o and i are the local indices themselves
 
   explicit ChannelWalk(const Weight& w) {
     const auto& shape = w.tensor.shape;
@@ -74,7 +76,8 @@ struct ChannelWalk {
     for (int d = a + 1; d < b; ++d) middle *= shape[d];
     second = shape[b];
     for (int d = b + 1; d < rank; ++d) inner *= shape[d];
-    const bool out_first = l.out_axis < l.in_axis;
+    out_first = l.out_axis < l.in_axis;
+    plain = l.groups == 1;
     // Per-group sizes: the per-group axis is the in axis, or the out axis when transposed.
     const int64_t o_local = shape[l.out_axis], i_local = shape[l.in_axis];
     const int64_t opg = l.transposed ? o_local : o_local / l.groups;
@@ -240,6 +243,26 @@ ChannelRanges RangeMatrix::ranges(std::span<const double> out_factor, std::span<
   const ChannelWalk& cw = tables_->walk;
   ChannelRanges r{std::vector<double>(static_cast<size_t>(out_channels_), 0.0),
                   std::vector<double>(static_cast<size_t>(in_channels_), 0.0)};
+  if (cw.plain) {
+    // One group: x and y are the channels themselves; the inner loop vectorizes.
+    const bool out_first = cw.out_first;
+    const double* fx = out_first ? out_factor.data() : in_factor.data();
+    const double* fy = out_first ? in_factor.data() : out_factor.data();
+    double* rx = out_first ? r.out.data() : r.in.data();
+    double* ry = out_first ? r.in.data() : r.out.data();
+    for (int64_t x = 0; x < cw.first; ++x) {
+      const float* row = m_.data() + x * cw.second;
+      double row_max = 0.0;
+      const double f = fx[x];
+      for (int64_t y = 0; y < cw.second; ++y) {
+        const double v = row[y] * fy[y];
+        row_max = std::max(row_max, v);
+        ry[y] = std::max(ry[y], v * f);
+      }
+      rx[x] = row_max * f;
+    }
+    return r;
+  }
   for (int64_t x = 0; x < cw.first; ++x) {
     const float* row = m_.data() + x * cw.second;
     const int64_t ox = cw.oa[x], ix = cw.ia[x];

@@ -12,6 +12,7 @@ struct TransactionJournal {
   std::vector<Node> nodes;
   std::vector<std::string> graph_inputs, graph_outputs;
   std::unordered_set<const void*> saved;
+  std::unordered_set<const void*> checked;
   struct Saved {
     void* data;
     std::vector<unsigned char> bytes;
@@ -25,7 +26,7 @@ Transaction::Transaction(Graph& graph) : graph_(graph) {
     owner_ = false;
     return;
   }
-  journal_ = new TransactionJournal{graph.nodes, graph.graph_inputs, graph.graph_outputs, {}, {}};
+  journal_ = new TransactionJournal{graph.nodes, graph.graph_inputs, graph.graph_outputs, {}, {}, {}};
   graph.journal_ = journal_;
   owner_ = true;
 }
@@ -47,6 +48,10 @@ void Transaction::protect(const TensorView& tensor) {
   if (tensor.empty() || !journal_->saved.insert(tensor.data).second) return;
   const auto* p = static_cast<const unsigned char*>(tensor.data);
   journal_->tensors.push_back({tensor.data, std::vector<unsigned char>(p, p + tensor.bytes())});
+}
+
+bool Transaction::first_check(const TensorView& tensor) {
+  return !tensor.empty() && journal_->checked.insert(tensor.data).second;
 }
 
 void Transaction::commit() { committed_ = true; }

@@ -25,6 +25,9 @@ class Transaction {
 
   // Save `tensor`'s bytes before the first write to it in this transaction.
   void protect(const TensorView& tensor);
+  // True the first time `tensor` is asked about in this transaction: a pipeline validates each
+  // parameter once, not once per pass.
+  bool first_check(const TensorView& tensor);
   void commit();
 
  private:
