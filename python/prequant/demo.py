@@ -1,13 +1,14 @@
-"""The demo: why equalization matters for per-tensor INT8, on a MobileNetV2.
+"""The demo: what cross-layer equalization does for per-tensor INT8, on a MobileNetV2.
 
     python -m prequant.demo
 
-Builds torchvision's MobileNetV2 (random weights — no downloads — with realistic, randomized
-batch-norm statistics), prepares it, and compares the model's output under per-tensor INT8
-weight quantization after batch-norm folding only and after prequant's equalize_model. Folding
-BN multiplies each output channel by γ/σ, which spreads per-channel ranges over orders of
-magnitude; per-tensor INT8 then flushes the small channels to zero. Output SQNR (dB, higher is
-better) against the FP32 model is measured on random inputs.
+Builds torchvision's MobileNetV2 (random weights, so nothing is downloaded), prepares it, folds
+its batch norms, and then — GUIDE's stress case — rescales the channels between consecutive
+layers by random positive factors (1e-2 … 1e2). That leaves the FP32 function unchanged but
+spreads per-channel weight ranges over four orders of magnitude, as badly trained or
+BN-folded depthwise layers do. Per-tensor INT8 weights then flush small channels to zero;
+prequant's equalize_model recovers the model. Output SQNR (dB, higher is better) against the
+FP32 model is measured on random inputs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,31 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _quantize_weights_per_tensor(model, per_channel: bool = False) -> None:
+def _rescale_randomly(model, generator) -> None:
+    """Multiply each CLS pair's shared channel by s in layer 1 and by 1/s in layer 2 (the engine
+    says which pairs are scalable): the FP32 function stays the same."""
+    import torch
+
+    from prequant import _core
+    from prequant.torch._engine_graph import build_engine_graph
+
+    eg = build_engine_graph(model)
+    with torch.no_grad():
+        for cls_set in _core.find_cls_sets(eg.graph).sets:
+            layers = [eg.modules[n] for n in cls_set.layers]
+            for l1, l2 in zip(layers, layers[1:]):
+                c = l1.weight.shape[0]
+                s = 10 ** (torch.rand(c, generator=generator) * 4 - 2)
+                l1.weight.mul_(s.view(-1, *[1] * (l1.weight.dim() - 1)))
+                if l1.bias is not None:
+                    l1.bias.mul_(s)
+                if l2.groups > 1:  # depthwise: its only input channel is its output channel
+                    l2.weight.div_(s.view(-1, *[1] * (l2.weight.dim() - 1)))
+                else:
+                    l2.weight.div_(s.view(1, -1, *[1] * (l2.weight.dim() - 2)))
+
+
+def _quantize_weights(model, per_channel: bool = False) -> None:
     import torch
 
     with torch.no_grad():
@@ -52,47 +77,42 @@ def main() -> int:
         return 1
     from prequant.torch import prepare_model
     from prequant.torch.batch_norm_fold import fold_all_batch_norms
-    from prequant.torch.cross_layer_equalization import equalize_model
+    from prequant.torch.cross_layer_equalization import equalize_model, replace_relu6_with_relu
 
     torch.manual_seed(0)
-    _say("[1/4] building MobileNetV2 (random weights, randomized BN statistics)")
+    _say("[1/4] building MobileNetV2 (random weights)")
     model = torchvision.models.mobilenet_v2(weights=None).eval()
     g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            c = m.num_features
-            with torch.no_grad():
-                m.running_var.copy_(10 ** (torch.rand(c, generator=g) * 3 - 2))
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
-                m.weight.copy_(torch.randn(c, generator=g))
-                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
     x = torch.randn(8, 3, 96, 96, generator=g)
+
+    _say("[2/4] prepare_model (torch.fx), ReLU6 → ReLU, batch-norm folding")
+    base = prepare_model(model)
+    replace_relu6_with_relu(base)
+    fold_all_batch_norms(base)
+
+    _say("[3/4] random function-preserving channel rescaling between layers (1e-2 … 1e2)")
+    stressed = copy.deepcopy(base)
+    _rescale_randomly(stressed, g)
     with torch.no_grad():
-        ref = model(x)
+        ref = stressed(x)
 
-    _say("[2/4] prepare_model (torch.fx)")
-    prepared = prepare_model(model)
-
-    _say("[3/4] batch-norm folding only, and prequant.equalize_model (fold + CLS + high-bias absorption)")
-    folded = copy.deepcopy(prepared)
-    fold_all_batch_norms(folded)
-    equalized = copy.deepcopy(prepared)
+    _say("[4/4] prequant.equalize_model, then per-tensor INT8 weights")
+    equalized = copy.deepcopy(stressed)
     t_eq = time.perf_counter()
-    result = equalize_model(equalized)
+    result = equalize_model(equalized, absorb_high_bias=False)
     t_eq = time.perf_counter() - t_eq
-
-    _say("[4/4] per-tensor INT8 weights, output SQNR against FP32 on 8 random inputs")
     rows = []
     with torch.no_grad():
         for label, m, per_channel in (
-            ("FP32 after equalization (no quantization)", equalized, None),
-            ("INT8 per-tensor, BN folded only", folded, False),
-            ("INT8 per-tensor, prequant equalize_model", equalized, False),
-            ("INT8 per-channel, BN folded only (reference)", folded, True),
+            ("FP32, equalized (no quantization)", equalized, None),
+            ("INT8 per-tensor, as given", stressed, False),
+            ("INT8 per-tensor, after prequant equalize_model", equalized, False),
+            ("INT8 per-tensor, before the rescaling (reference)", base, False),
+            ("INT8 per-channel, as given (reference)", stressed, True),
         ):
             q = copy.deepcopy(m)
             if per_channel is not None:
-                _quantize_weights_per_tensor(q, per_channel)
+                _quantize_weights(q, per_channel)
             rows.append((label, _sqnr_db(ref, q(x))))
     _say("")
     _say("| model | output SQNR (dB) |")
@@ -100,8 +120,7 @@ def main() -> int:
     for label, db in rows:
         _say(f"| {label} | {db:.1f} |")
     _say("")
-    _say(f"equalize_model: {len(result.fold.folded)} BNs folded, {len(result.cls.sets)} CLS sets scaled "
-         f"({result.cls.iterations} iterations), {len(result.high_bias.absorbed)} high-bias absorptions "
+    _say(f"equalize_model scaled {len(result.cls.sets)} CLS sets ({result.cls.iterations} iterations) "
          f"in {t_eq * 1e3:.0f} ms; total {time.perf_counter() - t0:.1f} s")
     return 0
 
