@@ -5,14 +5,16 @@
 //         γ·x̂ + β per channel before scaling).
 // After:  L1's bias lowered by c, L2's bias raised by W2·c; the output is unchanged wherever L1's
 //         pre-activation stays ≥ c (3σ: ~99.9% of a Gaussian), and exactly when no activation
-//         sits between.
+//         sits between. With an activation between, padded borders of L2 (or a zero pad between)
+//         do not see the shift: an approximation, as the 3σ rule is (AIMET makes the same one).
 // Preconditions: bn_stats holds the BN folded after L1 (never one that sat before it).
 // Formula (s = the pair's cumulative CLS scale; γ' = γ/s, β' = β/s):
 //   c = max(0, β' − k·|γ'|) with a ReLU-like activation between, else c = β'   (k = 3)
 //   a per-channel clip bound B (ReLU6 'bound' policy) caps c at B and becomes B − c;
 //   b1 −= c;  b2 += Σ_i (Σ_k W2[:, i, k])·c[i]   (elementwise for a depthwise L2).
 // Declined: no folded BN for L1, a transposed L2 (a constant input does not give a constant
-//   output), a bias vector of the wrong size.
+//   output), statistics of the wrong size; with no activation between, a padding L2 or a zero pad
+//   between (the exact case must stay exact); a ReLU6 with no per-channel bound to lower.
 #include <algorithm>
 #include <cmath>
 
@@ -57,6 +59,25 @@ HighBiasResult absorb_high_bias(Graph& graph, const std::vector<ClsSetResult>& s
       }
       if (l1.bias.empty()) {
         decline("'" + l1.name + "' has no bias to absorb");
+        continue;
+      }
+      std::string blocked;
+      for (const auto& name : pair.activations_between) {
+        const auto b = graph.find(name);
+        if (!b) continue;
+        const Node& n = graph.nodes[*b];
+        if (n.kind == OpKind::Clip && n.clip_max_per_channel.empty() && std::isfinite(n.clip_max))
+          blocked = "ReLU6/Clip '" + n.name + "' between has no per-channel bound to lower with the bias; use "
+                    "the 'bound' ReLU6 policy, or replace ReLU6 with ReLU first";
+        if (!pair.relu_between && n.kind == OpKind::ZeroPad)
+          blocked = "zero padding '" + n.name + "' sits between: its border zeros would not be shifted, so "
+                    "absorbing the whole bias (no activation between) would be inexact";
+      }
+      if (!pair.relu_between && l2.has_padding)
+        blocked = "'" + l2.name + "' pads its input: its border would not see the shift, so absorbing the "
+                  "whole bias (no activation between) would be inexact";
+      if (!blocked.empty()) {
+        decline(blocked);
         continue;
       }
       require_finite_layer(tx, l1);

@@ -143,12 +143,27 @@ double max_abs(const T* p, int64_t n) {
 
 }  // namespace
 
+namespace {
+void require_layout(const Weight& w) {
+  const auto& l = w.layout;
+  const int rank = static_cast<int>(w.tensor.shape.size());
+  if (l.out_axis < 0 || l.out_axis >= rank || l.in_axis < 0 || l.in_axis >= rank || l.out_axis == l.in_axis ||
+      l.groups < 1)
+    throw GraphError("weight '" + w.tensor.name + "' has an invalid channel layout (out axis " +
+                         std::to_string(l.out_axis) + ", in axis " + std::to_string(l.in_axis) + ", groups " +
+                         std::to_string(l.groups) + ", rank " + std::to_string(rank) + ")",
+                     w.tensor.name);
+}
+}  // namespace
+
 int64_t Weight::out_channels() const {
+  require_layout(*this);
   const auto& l = layout;
   return l.transposed ? tensor.shape.at(l.out_axis) * l.groups : tensor.shape.at(l.out_axis);
 }
 
 int64_t Weight::in_channels() const {
+  require_layout(*this);
   const auto& l = layout;
   return l.transposed ? tensor.shape.at(l.in_axis) : tensor.shape.at(l.in_axis) * l.groups;
 }
