@@ -94,6 +94,16 @@ class ExternalReader {
     t.set_raw_data(std::move(bytes));
   }
 
+  std::vector<std::string> files() const {
+    std::vector<std::string> out;
+    for (const auto& [path, f] : files_) {
+      std::error_code ec;
+      const fs::path canonical = fs::weakly_canonical(path, ec);
+      out.push_back(ec ? path : canonical.string());
+    }
+    return out;
+  }
+
  private:
   struct OpenFile {
     std::FILE* file = nullptr;
@@ -142,12 +152,10 @@ void for_each_tensor(pb::GraphProto& root, Fn&& fn) {
 
 }  // namespace
 
-bool load_external_data(pb::ModelProto& model, const std::string& base_dir) {
+std::vector<std::string> load_external_data(pb::ModelProto& model, const std::string& base_dir) {
   ExternalReader reader(base_dir);
-  bool any = false;
   auto visit = [&](pb::TensorProto& t) {
     if (t.data_location() != pb::TensorProto::EXTERNAL) return;
-    any = true;
     reader.resolve(t);
   };
   for_each_tensor(*model.mutable_graph(), visit);
@@ -155,7 +163,7 @@ bool load_external_data(pb::ModelProto& model, const std::string& base_dir) {
     for (auto& n : *f.mutable_node())
       for (auto& a : *n.mutable_attribute())
         if (a.has_t()) visit(*a.mutable_t());
-  return any;
+  return reader.files();
 }
 
 std::string externalize_initializers(pb::ModelProto& model, const std::string& data_name,

@@ -1,6 +1,7 @@
 // onnx_io.cpp — OnnxModel: load, save, to_bytes. The work is in onnx_read.cpp (parse and map
 // to the IR), onnx_write.cpp (mirror the IR's edits into a new proto) and
 // onnx_external_data.cpp (external tensor data, atomic writes).
+#include <algorithm>
 #include <climits>
 #include <filesystem>
 #include <fstream>
@@ -85,7 +86,17 @@ void OnnxModel::save(const std::string& path, const OnnxSaveOptions& options) co
     threshold = kDefaultExternalThreshold;
   if (threshold > 0) {
     const fs::path target(path);
-    const std::string data_name = target.filename().string() + ".data";
+    // Never write over a data file the loaded model reads (the input would lose its weights
+    // if it is not the file being replaced).
+    std::string data_name = target.filename().string() + ".data";
+    auto read_by_input = [&](const std::string& name) {
+      std::error_code ec;
+      const std::string p = fs::weakly_canonical(target.parent_path() / name, ec).string();
+      return std::find(impl_->external_files.begin(), impl_->external_files.end(), p) !=
+             impl_->external_files.end();
+    };
+    for (int k = 1; read_by_input(data_name); ++k)
+      data_name = target.filename().string() + "." + std::to_string(k) + ".data";
     const std::string data = externalize_initializers(proto, data_name, threshold);
     if (!data.empty()) {
       fs::path dir = target.parent_path();

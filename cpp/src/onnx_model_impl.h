@@ -95,8 +95,8 @@ std::vector<double> decode_numeric(const pb::TensorProto& t, const std::string& 
 int64_t dims_numel(const google::protobuf::RepeatedField<int64_t>& dims);
 
 // Resolves every EXTERNAL tensor of the model (initializers, Constant attributes, subgraphs)
-// into raw_data read from files under base_dir. Returns true if any tensor was external.
-bool load_external_data(pb::ModelProto& model, const std::string& base_dir);
+// into raw_data read from files under base_dir. Returns the files read (canonical paths).
+std::vector<std::string> load_external_data(pb::ModelProto& model, const std::string& base_dir);
 
 // Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
 void write_file_atomically(const std::string& path, const std::string& bytes);
@@ -110,6 +110,7 @@ struct ModelState {
   pb::ModelProto model;
   std::string base_dir;
   bool used_external_data = false;
+  std::vector<std::string> external_files;  // data files the model was read from
   int64_t opset = 0;
   Graph graph;
   std::unordered_map<std::string, std::unique_ptr<Buffer>> buffers;

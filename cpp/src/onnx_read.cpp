@@ -76,7 +76,8 @@ void ModelState::parse(std::string_view bytes) {
     throw UnsupportedError("the model uses opset " + std::to_string(opset) +
                            " of the default ONNX domain; prequant reads opsets 13 to 20 — "
                            "re-export with opset_version=17 to 20");
-  used_external_data = load_external_data(model, base_dir);
+  external_files = load_external_data(model, base_dir);
+  used_external_data = !external_files.empty();
 }
 
 // ---- Mapping to the IR -----------------------------------------------------------------

@@ -18,7 +18,7 @@ from torch import nn
 
 from prequant.torch.cross_layer_equalization import equalize_model
 
-from test_cross_layer_equalization import make_block
+from torch_cle_models import make_block
 
 
 def _cli() -> str:

@@ -11,6 +11,15 @@ Public API:
     load_prepared_model(path, custom_objects=None, **kwargs) -> keras.Model
     PrepareError, PrepareReport
     KerasOpLayer, TFFunctionLayer, ConstantLayer: the layers prepare_model generates
+
+    Cross-layer equalization (modules prequant.keras.batch_norm_fold and
+    prequant.keras.cross_layer_equalization, AIMET's names):
+    fold_all_batch_norms(model) -> (pairs, new_model)
+    fold_given_batch_norms(model, layer_pairs) -> new_model
+    equalize_model(model, relu6="bound") -> new_model
+    replace_relu6_with_relu(model) -> (new_model, ActivationResult)
+    CrossLayerScaling, HighBiasFold, ClsSetInfo, ClsSetLayerPairInfo
+    BoundedReLU: the per-channel bounded ReLU that replaces a ReLU6 after scaling
 """
 
 from __future__ import annotations
@@ -27,6 +36,16 @@ _LAZY_EXPORTS = {
     "KerasOpLayer": "._prepare_generated_layers",
     "TFFunctionLayer": "._prepare_generated_layers",
     "ConstantLayer": "._prepare_generated_layers",
+    "fold_all_batch_norms": ".batch_norm_fold",
+    "fold_given_batch_norms": ".batch_norm_fold",
+    "find_batch_norm_folds": ".batch_norm_fold",
+    "equalize_model": ".cross_layer_equalization",
+    "replace_relu6_with_relu": ".cross_layer_equalization",
+    "CrossLayerScaling": ".cross_layer_equalization",
+    "HighBiasFold": ".cross_layer_equalization",
+    "ClsSetInfo": ".cross_layer_equalization",
+    "ClsSetLayerPairInfo": ".cross_layer_equalization",
+    "BoundedReLU": ".activations",
 }
 
 __all__ = sorted(_LAZY_EXPORTS)

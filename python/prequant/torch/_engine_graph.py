@@ -233,6 +233,8 @@ def apply_folds(eg: EngineGraph, fold_result) -> list[tuple[nn.Module, nn.Module
         bn = eg.modules[folded.request.bn]
         if folded.bias_added:
             _give_bias(eg, folded.request.layer)
+        # High-bias absorption may only use a BN that sat after its layer; remember which did not.
+        bn._prequant_folded_before_layer = folded.request.direction == "bn_then_conv"
         _set_submodule(eg.model, _module_path(eg, folded.request.bn), nn.Identity())
         pairs.append((layer, bn))
     return pairs

@@ -223,8 +223,11 @@ class HighBiasFold:
 
 def _bn_stats(bn_layers: dict, name_of) -> dict:
     stats = {}
-    for layer, bn in bn_layers.items():
+    items = bn_layers.items() if isinstance(bn_layers, dict) else bn_layers
+    for layer, bn in items:
         name = name_of(layer)
+        if getattr(bn, "_prequant_folded_before_layer", False):
+            continue  # a BN folded into the layer's input says nothing about its output
         if name is not None and isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.affine:
             stats[name] = (bn.weight.detach().double().numpy(), bn.bias.detach().double().numpy())
     return stats

@@ -13,7 +13,7 @@ from torch import nn
 from prequant.torch import prepare_model
 from prequant.torch.cross_layer_equalization import equalize_model
 
-from test_cross_layer_equalization import in_ranges, out_ranges, randomize_bn, rel_err
+from torch_cle_models import in_ranges, out_ranges, randomize_bn, rel_err
 
 MODELS = {
     "resnet18": {},

@@ -1,0 +1,260 @@
+// prequant — make an ONNX model quantization-ready from the command line (no Python needed).
+//
+//   prequant inspect  MODEL.onnx [--json]
+//   prequant fold     MODEL.onnx -o OUT.onnx [--explain] [--json] [--overwrite]
+//   prequant equalize MODEL.onnx -o OUT.onnx [--relu6 replace|bound|skip] [--no-high-bias]
+//                     [--iterations N] [--explain] [--json] [--overwrite]
+//   prequant --version
+//
+// fold     = unroll_shared_weights + fold_batch_norms
+// equalize = equalize_model (unroll, fold, ReLU6 policy, cross-layer scaling, high-bias absorption)
+// Output files are written atomically (temporary file, then rename); the input is never
+// overwritten unless --overwrite is given. Any error: one line "prequant: error: ..." on stderr
+// and exit status 1 (2 for a command-line usage error).
+#include <algorithm>
+#include <filesystem>
+#include <iostream>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "prequant/errors.h"
+#include "prequant/onnx_io.h"
+#include "prequant/passes.h"
+#include "prequant/report.h"
+
+#ifndef PREQUANT_VERSION
+#define PREQUANT_VERSION "0.1.0"
+#endif
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+struct Options {
+  std::string input;
+  std::string output;
+  bool json_out = false;
+  bool explain = false;
+  bool overwrite = false;
+  std::string relu6 = "bound";
+  bool no_high_bias = false;
+  int iterations = 100;
+};
+
+// One printable line: control characters become spaces, bytes that are not valid UTF-8 (a
+// damaged model's names) become '?', and very long messages are cut.
+std::string one_line(const std::string& s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    bool valid = len > 0 && i + len <= s.size();
+    for (size_t k = 1; valid && k < len; ++k)
+      valid = (static_cast<unsigned char>(s[i + k]) >> 6) == 0x2;
+    if (!valid) {
+      out += '?';
+      ++i;
+      continue;
+    }
+    if (len == 1 && (c < 0x20 || c == 0x7f)) out += ' ';
+    else out.append(s, i, len);
+    i += len;
+  }
+  if (out.size() > 2000) {
+    size_t cut = 2000;
+    while (cut > 0 && (static_cast<unsigned char>(out[cut]) & 0xC0) == 0x80) --cut;
+    out = out.substr(0, cut) + " ...";
+  }
+  return out;
+}
+
+bool same_file(const std::string& a, const std::string& b) {
+  std::error_code ec;
+  if (fs::exists(b, ec) && fs::equivalent(a, b, ec)) return true;
+  return fs::weakly_canonical(a, ec) == fs::weakly_canonical(b, ec);
+}
+
+void check_output(const Options& o) {
+  if (o.output.empty())
+    throw prequant::InvalidRequestError("no output file; give one with -o OUT.onnx");
+  if (same_file(o.input, o.output) && !o.overwrite)
+    throw prequant::InvalidRequestError("the output '" + o.output +
+                                        "' is the input model; choose another -o or add --overwrite");
+}
+
+// Human text goes to stdout, or to stderr when stdout carries JSON.
+std::ostream& text_stream(const Options& o) { return o.json_out ? std::cerr : std::cout; }
+
+int count_bounded_clips(const prequant::Graph& g) {
+  int n = 0;
+  for (const auto& node : g.nodes)
+    if (!node.removed && node.kind == prequant::OpKind::Clip && !node.clip_max_per_channel.empty()) ++n;
+  return n;
+}
+
+int run_inspect(const Options& o) {
+  prequant::OnnxModel model = prequant::OnnxModel::load(o.input);
+  const prequant::FoldResult folds = prequant::find_batch_norm_folds(model.graph());
+  // CLS sets as they will be once the batch norms are folded: fold a second copy in memory.
+  // If folding fails (say a BN with negative variance), show the sets of the unfolded graph.
+  prequant::ClsCandidates cls;
+  std::string fold_error;
+  try {
+    prequant::OnnxModel folded = prequant::OnnxModel::load(o.input);
+    prequant::unroll_shared_weights(folded.graph());
+    prequant::fold_batch_norms(folded.graph());
+    cls = prequant::find_cls_sets(folded.graph(), prequant::Relu6Policy::Bound);
+  } catch (const prequant::Error& e) {
+    fold_error = one_line(e.what());
+    cls = prequant::find_cls_sets(model.graph(), prequant::Relu6Policy::Bound);
+  }
+  if (o.json_out) {
+    json j = prequant::inspect_json(model.graph(), folds, cls);
+    j["model"] = o.input;
+    j["opset"] = model.opset();
+    if (!fold_error.empty()) j["fold_error"] = fold_error;
+    std::cout << j.dump(2) << "\n";
+  } else {
+    std::cout << "Model: " << o.input << " (opset " << model.opset() << ")\n"
+              << prequant::inspect(model.graph(), folds, cls);
+    if (!fold_error.empty())
+      std::cout << "Folding would fail: " << fold_error << "\n(CLS candidates above are for the unfolded graph.)\n";
+  }
+  return 0;
+}
+
+int run_fold(const Options& o) {
+  check_output(o);
+  prequant::OnnxModel model = prequant::OnnxModel::load(o.input);
+  const prequant::UnrollResult unroll = prequant::unroll_shared_weights(model.graph());
+  const prequant::FoldResult fold = prequant::fold_batch_norms(model.graph());
+  model.save(o.output);
+  const bool nothing = fold.folded.empty() && unroll.copies.empty();
+  std::ostream& text = text_stream(o);
+  if (o.explain) text << prequant::explain(unroll) << prequant::explain(fold);
+  if (nothing)
+    text << "prequant fold: nothing to do: no batch norm can be folded"
+         << (fold.declined.empty() ? " (the model has none)" : " (see --explain for why)")
+         << "; wrote an unchanged copy to " << o.output << "\n";
+  else
+    text << "prequant fold: folded " << fold.folded.size() << " batch norm(s), kept "
+         << fold.declined.size() << (unroll.copies.empty() ? "" : ", unrolled " + std::to_string(unroll.copies.size()) + " shared weight(s)")
+         << "; wrote " << o.output << "\n";
+  if (o.json_out) {
+    json j{{"command", "fold"}, {"input", o.input}, {"output", o.output}, {"nothing_to_do", nothing},
+           {"unroll", prequant::to_json(unroll)}, {"fold", prequant::to_json(fold)}};
+    std::cout << j.dump(2) << "\n";
+  }
+  return 0;
+}
+
+int run_equalize(const Options& o) {
+  check_output(o);
+  if (o.iterations < 1)
+    throw prequant::InvalidRequestError("--iterations must be at least 1 (1 = one pass over the sets)");
+  prequant::EqualizeOptions options;
+  options.cls.relu6 = prequant::parse_relu6_policy(o.relu6);
+  options.cls.max_iterations = o.iterations;
+  options.absorb_high_bias = !o.no_high_bias;
+  prequant::OnnxModel model = prequant::OnnxModel::load(o.input);
+  const prequant::EqualizeResult r = prequant::equalize_model(model.graph(), options);
+  model.save(o.output);
+  const int bounded = count_bounded_clips(model.graph());
+  const bool nothing = r.fold.folded.empty() && r.cls.sets.empty() && r.unroll.copies.empty() &&
+                       r.activations.edits.empty() && r.high_bias.absorbed.empty();
+  std::ostream& text = text_stream(o);
+  if (o.explain) text << prequant::explain(r);
+  if (nothing) {
+    text << "prequant equalize: nothing to do: no batch norm to fold and no layer set to scale"
+         << (o.explain ? "" : " (see --explain for why)") << "; wrote an unchanged copy to "
+         << o.output << "\n";
+  } else {
+    size_t moved = 0;
+    for (const auto& a : r.high_bias.absorbed)
+      moved += std::any_of(a.amount.begin(), a.amount.end(), [](double c) { return c != 0.0; });
+    text << "prequant equalize: folded " << r.fold.folded.size() << " batch norm(s), scaled "
+         << r.cls.sets.size() << " CLS set(s) in " << r.cls.iterations << " iteration(s), moved high bias in "
+         << moved << " pair(s)";
+    if (!r.activations.edits.empty()) text << ", replaced " << r.activations.edits.size() << " ReLU6 with ReLU";
+    if (bounded) text << ", bounded " << bounded << " ReLU6 per channel";
+    text << "; " << prequant::all_declined(r).size() << " candidate(s) declined; wrote " << o.output << "\n";
+  }
+  if (o.json_out) {
+    json j = prequant::to_json(r);
+    j["command"] = "equalize";
+    j["input"] = o.input;
+    j["output"] = o.output;
+    j["relu6"] = o.relu6;
+    j["nothing_to_do"] = nothing;
+    std::cout << j.dump(2) << "\n";
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"prequant: make ONNX models quantization-ready (batch-norm folding, cross-layer "
+               "equalization, high-bias absorption)",
+               "prequant"};
+  app.set_version_flag("--version", std::string("prequant ") + PREQUANT_VERSION);
+  app.require_subcommand(1);
+  Options o;
+
+  auto* inspect = app.add_subcommand("inspect", "Summarize a model: layers, foldable batch norms, CLS sets");
+  inspect->add_option("model", o.input, "Input .onnx model")->required();
+  inspect->add_flag("--json", o.json_out, "Print the summary as JSON");
+
+  auto* fold = app.add_subcommand("fold", "Fold batch norms into neighbouring conv/linear layers");
+  auto* equalize = app.add_subcommand(
+      "equalize", "Fold batch norms, then cross-layer scaling and high-bias absorption");
+  for (auto* sub : {fold, equalize}) {
+    sub->add_option("model", o.input, "Input .onnx model")->required();
+    sub->add_option("-o,--output", o.output, "Output .onnx model (written atomically)")->required();
+    sub->add_flag("--explain", o.explain, "Print every decision and every declined candidate with its reason");
+    sub->add_flag("--json", o.json_out, "Print the pass results as JSON on stdout");
+    sub->add_flag("--overwrite", o.overwrite, "Allow the output to replace the input model");
+  }
+  equalize->add_option("--relu6", o.relu6,
+                       "ReLU6/Clip between scaled layers: bound (exact per-channel clip, default), "
+                       "replace (with ReLU, as AIMET), skip (leave such pairs unscaled)")
+      ->check(CLI::IsMember({"replace", "bound", "skip"}));
+  equalize->add_flag("--no-high-bias", o.no_high_bias, "Skip high-bias absorption");
+  equalize->add_option("--iterations", o.iterations,
+                       "Maximum CLS iterations over overlapping sets (1 = one pass, as AIMET)")
+      ->check(CLI::Range(1, 1000000));
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "prequant: error: " << one_line(e.what()) << " (see prequant --help)\n";
+    return 2;
+  }
+
+  try {
+    if (*inspect) return run_inspect(o);
+    if (*fold) return run_fold(o);
+    if (*equalize) return run_equalize(o);
+  } catch (const prequant::Error& e) {
+    std::cerr << "prequant: error: " << one_line(e.what()) << "\n";
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::cerr << "prequant: error: out of memory\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "prequant: error: internal error: " << one_line(e.what())
+              << " (please report this with the model)\n";
+    return 3;
+  }
+  return 0;
+}

@@ -1,0 +1,354 @@
+"""Cross-layer equalization for Keras (where AIMET users look: aimet_tensorflow.keras.cross_layer_equalization).
+
+Before: a built functional (or Sequential) Keras model.
+After:  the same function with per-channel weight ranges equalized across layers: batch norms
+        folded, cross-layer scaling (pairs and conv → depthwise → conv triples, iterated to
+        convergence over overlapping sets), high-bias absorption, and ReLU6 handled by a policy.
+
+Every decision and all weight math happen in the C++ engine, on NumPy copies of the layers'
+variables; this module translates the model and applies what the engine did. Nothing is
+written to a model before the engine call returned, so a failing call leaves it untouched.
+
+Two kinds of functions, because a built Keras model's structure cannot change in place:
+
+- ``equalize_model`` and ``replace_relu6_with_relu`` (like ``batch_norm_fold.fold_*``) return a
+  NEW functional model and leave the model given unchanged. ``equalize_model``'s default ReLU6
+  policy 'bound' puts a ``BoundedReLU`` (per-channel clip, ``prequant.keras.activations``) where a
+  ReLU6 was, so with ``absorb_high_bias=False`` the FP32 output equals the original's;
+  'replace' uses ``ReLU`` (as AIMET; FP32 output changes slightly); 'skip' leaves pairs with a
+  ReLU6 between unscaled.
+- ``CrossLayerScaling.scale_model``, ``CrossLayerScaling.scale_cls_sets`` and
+  ``HighBiasFold.bias_fold`` work IN PLACE on the layers given (AIMET's contract): weights are
+  assigned back; a layer without bias that the engine gives one gets a bias variable. They
+  cannot put a BoundedReLU where a ReLU6 layer is, so their ReLU6 policy defaults to 'skip'
+  ('replace' works in place: ``ReLU.max_value`` becomes None; 'bound' works only where the
+  clip already is a BoundedReLU, and otherwise raises before changing anything). Use them on a
+  model without batch norms (``fold_all_batch_norms``' new model): a BN between two layers
+  blocks their scaling.
+
+    CrossLayerScaling.scale_model(model, relu6='skip')               -> [ClsSetInfo]
+    CrossLayerScaling.scale_cls_sets(cls_sets, model=None)           -> [scale | (scale12, scale23)]
+    CrossLayerScaling.create_cls_set_info_list(cls_sets, scale_factors, is_relu_activation_in_cls_sets)
+    HighBiasFold.bias_fold(cls_set_info_list, bn_layers)
+    replace_relu6_with_relu(model)                                   -> (new_model, ActivationResult)
+    equalize_model(model, relu6='bound', absorb_high_bias=True)      -> new_model
+    equalize_model(..., return_result=True)                          -> (new_model, EqualizeResult)
+
+Manual sets without a model (``scale_cls_sets(sets)``, ``bias_fold`` of
+``create_cls_set_info_list``'s infos) work on an engine graph of the given layers only, each
+set's layers connected in order: adjacency is then the caller's promise, as in AIMET. Pass
+``model=`` to ``scale_cls_sets`` to have the sets checked against the model's graph.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Sequence
+
+import keras
+import numpy as np
+
+from prequant import _core
+from prequant.keras import activations as _activations  # noqa: F401  (registers BoundedReLU)
+from prequant.keras._engine_graph import (
+    EngineGraph,
+    Param,
+    add_bias_variable,
+    apply_in_place,
+    between,
+    build_engine_graph,
+    build_model,
+    layer_weight,
+    warn_fused_activation_before_bn,
+)
+from prequant.keras.batch_norm_fold import folded_before
+
+__all__ = [
+    "ClsSetInfo",
+    "ClsSetLayerPairInfo",
+    "CrossLayerScaling",
+    "HighBiasFold",
+    "equalize_model",
+    "replace_relu6_with_relu",
+]
+
+DEFAULT_MAX_ITERATIONS = 100
+L = keras.layers
+
+
+class ClsSetLayerPairInfo:
+    """A pair of layers that cross-layer scaling scaled: layer1's output channel c was divided by
+    scale_factor[c] and layer2's input channel c multiplied by it."""
+
+    def __init__(self, layer1, layer2, scale_factor: np.ndarray, relu_activation_between_layers: bool):
+        self.layer1 = layer1
+        self.layer2 = layer2
+        self.scale_factor = np.asarray(scale_factor, dtype=np.float64)
+        self.relu_activation_between_layers = bool(relu_activation_between_layers)
+
+    def __repr__(self) -> str:
+        return (f"ClsSetLayerPairInfo({self.layer1.name} -> {self.layer2.name}, "
+                f"{self.scale_factor.size} scales, relu={self.relu_activation_between_layers})")
+
+
+class ClsSetInfo:
+    """The layers of one CLS set: one pair, or two for conv → depthwise → conv."""
+
+    def __init__(self, cls_pair_1: ClsSetLayerPairInfo, cls_pair_2: ClsSetLayerPairInfo | None = None):
+        self.cls_pair_info_list = [cls_pair_1] if cls_pair_2 is None else [cls_pair_1, cls_pair_2]
+
+    def __repr__(self) -> str:
+        return f"ClsSetInfo({self.cls_pair_info_list!r})"
+
+
+# ---- graphs of given layers only (manual APIs without a model) ---------------------------------
+
+class _ChainGraph:
+    """An engine graph holding only the given layers, each chain's layers connected in order."""
+
+    def __init__(self, layer_chains: Sequence[Sequence]):
+        self.names: dict[int, str] = {}
+        self.layers: dict[str, object] = {}
+        self.params: dict[tuple[str, str], Param] = {}
+        for chain in layer_chains:
+            for layer in chain:
+                if id(layer) not in self.names:
+                    name = str(getattr(layer, "name", "layer"))
+                    while name in self.layers:  # layers of different models may share a name
+                        name = f"{name}#{len(self.layers)}"
+                    self.names[id(layer)] = name
+                    self.layers[name] = layer
+        successor: dict[str, str] = {}
+        predecessor: dict[str, str] = {}
+        for chain in layer_chains:
+            for a, b in zip(chain, chain[1:]):
+                na, nb_ = self.names[id(a)], self.names[id(b)]
+                for table, key, value, what in ((successor, na, nb_, "feeds"), (predecessor, nb_, na, "is fed by")):
+                    if table.get(key, value) != value:
+                        raise _core.InvalidRequestError(
+                            f"{type(a).__name__} '{a.name}' {what} two different layers in the given CLS "
+                            f"sets; a layer's output can be scaled for one consumer only")
+                    table[key] = value
+        order, ready = [], deque(n for n in self.layers if n not in predecessor)
+        while ready:  # Kahn's order: every layer after the one feeding it
+            n = ready.popleft()
+            order.append(n)
+            if n in successor:
+                ready.append(successor[n])
+        if len(order) != len(self.layers):
+            raise _core.InvalidRequestError("the given CLS sets connect their layers in a cycle")
+        self.graph = _core.Graph()
+        for n in order:
+            inp = f"{predecessor[n]}:out" if n in predecessor else f"{n}:in"
+            self._add_layer(n, self.layers[n], inp, f"{n}:out")
+        self.graph.graph_inputs = [f"{n}:in" for n in order if n not in predecessor]
+        self.graph.graph_outputs = [f"{n}:out" for n in order if n not in successor]
+
+    def name_of(self, layer) -> str | None:
+        return self.names.get(id(layer))
+
+    def _copy(self, name, role, variable, view_shape=None):
+        array = np.array(variable.numpy(), copy=True, order="C")
+        self.params[(name, role)] = Param(variable, array)
+        return array if view_shape is None else array.reshape(view_shape)
+
+    def _add_layer(self, name: str, layer, inp: str, out: str) -> None:
+        t = type(layer)
+        if not getattr(layer, "built", False):
+            raise _core.InvalidRequestError(f"{t.__name__} '{layer.name}' is not built")
+        spec = layer_weight(layer)
+        if spec is None and t in (L.SeparableConv1D, L.SeparableConv2D):
+            raise _core.InvalidRequestError(
+                f"{t.__name__} '{layer.name}' is two layers (depthwise, pointwise): split it first — "
+                f"fold_all_batch_norms and equalize_model return models whose SeparableConvs are "
+                f"DepthwiseConv + Conv layers")
+        if spec is None:
+            raise _core.InvalidRequestError(
+                f"{t.__name__} '{getattr(layer, 'name', layer)}' cannot be cross-layer scaled; CLS sets hold "
+                f"Conv, DepthwiseConv, ConvTranspose and Dense layers")
+        kernel, view, layout, kind = spec
+        weight = self._copy(name, "weight", kernel, view)
+        bias = self._copy(name, "bias", layer.bias) if layer.use_bias else None
+        self.graph.add_conv(name, [inp], [out], weight, layout, bias, kind=kind, op_type=t.__name__)
+
+    def write_back(self, bias_added=()) -> None:
+        for param in self.params.values():
+            param.variable.assign(param.array)
+        for name in bias_added:
+            add_bias_variable(self.layers[name], self.graph.added_bias(name))
+
+
+# ---- public API ---------------------------------------------------------------------------------
+
+class CrossLayerScaling:
+    """Cross-layer scaling, in place: automatic (scale_model) or on given sets (scale_cls_sets)."""
+
+    last_result = None
+
+    @staticmethod
+    def scale_model(model: keras.Model, *, relu6: str = "skip",
+                    max_iterations: int = DEFAULT_MAX_ITERATIONS) -> list[ClsSetInfo]:
+        """Find and scale every CLS set of `model` in place; returns one ClsSetInfo per set.
+        ``CrossLayerScaling.last_result.explain()`` says which layers start no set and why."""
+        eg = build_engine_graph(model)
+        result = _core.scale_model(eg.graph, relu6=relu6, max_iterations=max_iterations)
+        apply_in_place(eg, edits=result.activation_edits)
+        CrossLayerScaling.last_result = result
+        return _infos_from_result(eg, result.sets)
+
+    @staticmethod
+    def scale_cls_sets(cls_sets: Sequence[Sequence], model: keras.Model | None = None, *, relu6: str = "skip",
+                       max_iterations: int = DEFAULT_MAX_ITERATIONS) -> list:
+        """Scale the given sets in place — (layer1, layer2) pairs and (conv, depthwise, conv)
+        triples, in the order they appear in the model. Returns per set its scale factors (a
+        pair) or a tuple (scale12, scale23) (a triple). With `model`, the sets are checked
+        against the model's graph (adjacency, what sits between); without it, adjacency is the
+        caller's promise: only the given layers are scaled, whatever else reads their outputs."""
+        cls_sets = [list(s) for s in cls_sets]
+        if model is not None:
+            eg = build_engine_graph(model)
+            specs = [[eg.node_of(layer, position="first" if i else "last") for i, layer in enumerate(s)]
+                     for s in cls_sets]
+            result = _core.scale_cls_sets(eg.graph, specs, relu6=relu6, max_iterations=max_iterations)
+            apply_in_place(eg, edits=result.activation_edits)
+        else:
+            chain = _ChainGraph(cls_sets)
+            specs = [[chain.name_of(layer) for layer in s] for s in cls_sets]
+            result = _core.scale_cls_sets(chain.graph, specs, relu6=relu6, max_iterations=max_iterations)
+            chain.write_back()
+        CrossLayerScaling.last_result = result
+        out = []
+        for s in result.sets:
+            scales = [p.scale for p in s.pairs]
+            out.append(scales[0] if len(scales) == 1 else tuple(scales))
+        return out
+
+    @staticmethod
+    def create_cls_set_info_list(cls_sets, scale_factors, is_relu_activation_in_cls_sets) -> list[ClsSetInfo]:
+        """ClsSetInfo objects for sets scaled by scale_cls_sets. The relu flags are one bool per
+        pair set, or a (bool, bool) tuple per triple. Sets without a flag (AIMET's manual example
+        passes an empty list, to be "filled in manually") count as having a ReLU between: high-bias
+        absorption then moves only what the 3σ rule allows, which is exact when nothing nonlinear
+        sits between and the usual approximation when a ReLU does."""
+        if len(cls_sets) != len(scale_factors):
+            raise _core.InvalidRequestError(
+                f"cls_sets ({len(cls_sets)}) and scale_factors ({len(scale_factors)}) must have one entry per set")
+        flags = list(is_relu_activation_in_cls_sets)
+        if len(flags) > len(cls_sets):
+            raise _core.InvalidRequestError(
+                f"is_relu_activation_in_cls_sets has {len(flags)} entries for {len(cls_sets)} sets")
+        flags += [True] * (len(cls_sets) - len(flags))
+        infos = []
+        for layers, scales, relu in zip(cls_sets, scale_factors, flags):
+            if len(layers) == 2:
+                infos.append(ClsSetInfo(ClsSetLayerPairInfo(layers[0], layers[1], scales, relu)))
+            else:
+                s12, s23 = scales
+                r12, r23 = relu if isinstance(relu, (tuple, list)) else (relu, relu)
+                infos.append(ClsSetInfo(ClsSetLayerPairInfo(layers[0], layers[1], s12, r12),
+                                        ClsSetLayerPairInfo(layers[1], layers[2], s23, r23)))
+        return infos
+
+
+class HighBiasFold:
+    """High-bias absorption after cross-layer scaling, in place."""
+
+    last_result = None
+
+    @staticmethod
+    def bias_fold(cls_set_info_list: Sequence[ClsSetInfo], bn_layers) -> None:
+        """Move bias above 3σ of each scaled pair's layer1 into layer2, in place. `bn_layers` maps
+        a layer to the BN folded after it — a dict, or (layer, bn) pairs as AIMET's manual example
+        passes; its γ and β give layer1's output statistics. A BN folded *before* its layer (BN→conv)
+        says nothing about that layer's output and is ignored. ``HighBiasFold.last_result`` holds
+        the engine's HighBiasResult."""
+        pairs = [p for info in cls_set_info_list for p in info.cls_pair_info_list]
+        bn_items = list(bn_layers.items()) if isinstance(bn_layers, dict) else [tuple(x)[:2] for x in bn_layers]
+        models = {id(getattr(p, "_model", None)): getattr(p, "_model", None) for p in pairs}
+        if len(models) == 1 and None not in models.values():
+            HighBiasFold.last_result = _bias_fold_in_model(next(iter(models.values())), pairs, bn_items)
+            return
+        chain = _ChainGraph([[p.layer1, p.layer2] for p in pairs])
+        sets = [_core.ClsSetResult([_core.ClsPairResult(chain.name_of(p.layer1), chain.name_of(p.layer2),
+                                                         p.scale_factor, p.relu_activation_between_layers)])
+                for p in pairs]
+        result = _core.absorb_high_bias(chain.graph, sets, _bn_stats(bn_items, chain.name_of))
+        chain.write_back([a.layer2 for a in result.absorbed if a.bias_added])
+        HighBiasFold.last_result = result
+
+
+def _bn_stats(bn_items, name_of) -> dict:
+    stats = {}
+    for layer, bn in bn_items:
+        name = name_of(layer)
+        if name is None or not isinstance(bn, L.BatchNormalization) or folded_before(layer, bn):
+            continue
+        c = int(bn.moving_mean.shape[0])
+        gamma = np.ones(c) if bn.gamma is None else np.asarray(bn.gamma.numpy(), "float64")
+        beta = np.zeros(c) if bn.beta is None else np.asarray(bn.beta.numpy(), "float64")
+        stats[name] = (gamma, beta)
+    return stats
+
+
+def _bias_fold_in_model(model: keras.Model, pairs, bn_items):
+    """High-bias absorption on the model's own graph: activations between are known, so a
+    BoundedReLU's bounds are lowered with the bias (exactness of the 'bound' ReLU6 policy)."""
+    eg = build_engine_graph(model)
+
+    def name_of(layer):
+        entry = eg.first_call.get(id(layer))
+        return None if entry is None else entry.name
+
+    sets = []
+    for p in pairs:
+        l1, l2 = getattr(p, "_names", (name_of(p.layer1), name_of(p.layer2)))
+        path = between(eg, l1, l2) if l1 is not None and l2 is not None else []
+        sets.append(_core.ClsSetResult([_core.ClsPairResult(l1 or "?", l2 or "?", p.scale_factor,
+                                                             p.relu_activation_between_layers, path)]))
+    result = _core.absorb_high_bias(eg.graph, sets, _bn_stats(bn_items, name_of))
+    apply_in_place(eg, bias_added=[a.layer2 for a in result.absorbed if a.bias_added], bounds_changed=True)
+    return result
+
+
+def replace_relu6_with_relu(model: keras.Model):
+    """A new model with every ReLU6 (``ReLU(max_value=m)``, ``Activation('relu6')``, a fused
+    ``activation='relu6'``, a BoundedReLU) replaced by ``ReLU``. Returns ``(new_model,
+    ActivationResult)``; the model given is unchanged."""
+    eg = build_engine_graph(model)
+    result = _core.replace_relu6_with_relu(eg.graph)
+    return build_model(eg, edits=result.edits), result
+
+
+def equalize_model(model: keras.Model, *, relu6: str = "bound", max_iterations: int = DEFAULT_MAX_ITERATIONS,
+                   absorb_high_bias: bool = True, return_result: bool = False):
+    """Fold batch norms, handle ReLU6, scale CLS sets and absorb high bias in one atomic engine
+    call; returns the new, equalized model (``(new_model, EqualizeResult)`` with
+    ``return_result=True``; ``.explain()`` prints every decision). The model given is unchanged.
+
+    With relu6='bound' and absorb_high_bias=False the new model's FP32 output equals the
+    original's; high-bias absorption (the 3σ rule) is an approximation."""
+    eg = build_engine_graph(model)
+    result = _core.equalize_model(eg.graph, relu6=relu6, max_iterations=max_iterations,
+                                  absorb_high_bias=absorb_high_bias)
+    warn_fused_activation_before_bn(eg, result.fold.declined)
+    new_model = build_model(
+        eg,
+        removed=[f.request.bn for f in result.fold.folded],
+        bias_added=[f.request.layer for f in result.fold.folded if f.bias_added]
+        + [a.layer2 for a in result.high_bias.absorbed if a.bias_added],
+        edits=list(result.activations.edits) + list(result.cls.activation_edits),
+    )
+    return (new_model, result) if return_result else new_model
+
+
+def _infos_from_result(eg: EngineGraph, sets) -> list[ClsSetInfo]:
+    infos = []
+    for s in sets:
+        pairs = []
+        for p in s.pairs:
+            info = ClsSetLayerPairInfo(eg.layer(p.layer1), eg.layer(p.layer2), p.scale, p.relu_between)
+            info._model = eg.model        # lets bias_fold see what sits between (a BoundedReLU to lower)
+            info._names = (p.layer1, p.layer2)
+            pairs.append(info)
+        infos.append(ClsSetInfo(*pairs))
+    return infos
