@@ -7,3 +7,50 @@ torch or tensorflow.
 """
 
 __version__ = "0.1.0"
+
+def _load_core():
+    """Imports the extension so that it binds to its own protobuf runtime.
+
+    TensorFlow loads a protobuf runtime of its own with RTLD_GLOBAL; an extension loaded after
+    it would otherwise resolve protobuf symbols to that copy (a different version) and crash on
+    its first parse. RTLD_DEEPBIND makes the extension prefer its own dependencies. (Set
+    PREQUANT_NO_DEEPBIND=1 to load it plainly, e.g. under AddressSanitizer, which refuses
+    RTLD_DEEPBIND.)
+    """
+    import os
+    import sys
+
+    deepbind = getattr(os, "RTLD_DEEPBIND", 0)
+    if not deepbind or os.environ.get("PREQUANT_NO_DEEPBIND"):
+        from prequant import _core
+        return _core
+    flags = sys.getdlopenflags()
+    sys.setdlopenflags(flags | deepbind)
+    try:
+        from prequant import _core
+    finally:
+        sys.setdlopenflags(flags)
+    return _core
+
+
+_load_core()
+
+# The engine's exception types; each carries `.node`, the layer concerned.
+from prequant._core import (  # noqa: E402
+    Error,
+    GraphError,
+    InvalidParameterError,
+    InvalidRequestError,
+    ModelFormatError,
+    UnsupportedError,
+)
+
+__all__ = [
+    "Error",
+    "GraphError",
+    "InvalidParameterError",
+    "InvalidRequestError",
+    "ModelFormatError",
+    "UnsupportedError",
+    "__version__",
+]

@@ -1,0 +1,218 @@
+// Every pass of passes.h under the same name. Arguments are converted with the GIL held; the
+// pass itself runs without it (and with the graph's mutex held), so other Python threads keep
+// running while a large model is folded or equalized.
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include "bindings.h"
+#include "prequant/errors.h"
+#include "prequant/passes.h"
+
+namespace prequant::python {
+namespace {
+
+using namespace nb::literals;
+
+std::vector<nb::handle> items_of(nb::handle seq, const std::string& what) {
+  std::vector<nb::handle> items;
+  if (nb::isinstance<nb::str>(seq) || !nb::hasattr(seq, "__iter__"))
+    throw InvalidRequestError(what + " must be a list, got " + python_type_name(seq) + ".");
+  for (nb::handle item : seq) items.push_back(item);
+  return items;
+}
+
+std::vector<FoldRequest> fold_requests_of(nb::handle requests) {
+  std::vector<FoldRequest> out;
+  for (nb::handle item : items_of(requests, "requests")) {
+    if (nb::isinstance<FoldRequest>(item)) {
+      out.push_back(nb::cast<FoldRequest>(item));
+      continue;
+    }
+    if (nb::isinstance<nb::str>(item))
+      throw InvalidRequestError("each fold request is a FoldRequest or a tuple (layer, bn[, direction]), got '" +
+                                nb::cast<std::string>(item) + "'.");
+    std::vector<nb::handle> parts = items_of(item, "a fold request");
+    if (parts.size() < 2 || parts.size() > 3 || !nb::isinstance<nb::str>(parts[0]) || !nb::isinstance<nb::str>(parts[1]))
+      throw InvalidRequestError("each fold request is a FoldRequest or a tuple (layer, bn[, direction]) of "
+                                "strings, e.g. ('conv1', 'bn1', 'conv_then_bn').");
+    FoldRequest r;
+    r.layer = nb::cast<std::string>(parts[0]);
+    r.bn = nb::cast<std::string>(parts[1]);
+    if (parts.size() == 3) r.direction = parse_fold_direction(nb::cast<std::string>(parts[2]), r.layer);
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+std::vector<ClsSetSpec> cls_sets_of(nb::handle sets) {
+  if (nb::isinstance<ClsCandidates>(sets)) return nb::cast<const ClsCandidates&>(sets).sets;
+  std::vector<ClsSetSpec> out;
+  for (nb::handle item : items_of(sets, "sets")) {
+    if (nb::isinstance<ClsSetSpec>(item)) {
+      out.push_back(nb::cast<ClsSetSpec>(item));
+    } else {
+      ClsSetSpec spec;
+      for (nb::handle layer : items_of(item, "a CLS set")) {
+        if (!nb::isinstance<nb::str>(layer))
+          throw InvalidRequestError("a CLS set is a list of 2 or 3 layer names, got an item of type " +
+                                    python_type_name(layer) + ".");
+        spec.layers.push_back(nb::cast<std::string>(layer));
+      }
+      out.push_back(std::move(spec));
+    }
+  }
+  return out;
+}
+
+std::vector<ClsSetResult> cls_results_of(nb::handle sets) {
+  if (nb::isinstance<ClsResult>(sets)) return nb::cast<const ClsResult&>(sets).sets;
+  if (nb::isinstance<EqualizeResult>(sets)) return nb::cast<const EqualizeResult&>(sets).cls.sets;
+  std::vector<ClsSetResult> out;
+  for (nb::handle item : items_of(sets, "cls_sets")) {
+    if (!nb::isinstance<ClsSetResult>(item))
+      throw InvalidRequestError("cls_sets must be a ClsResult or a list of ClsSetResult (from scale_cls_sets), got "
+                                "an item of type " + python_type_name(item) + ".");
+    out.push_back(nb::cast<ClsSetResult>(item));
+  }
+  return out;
+}
+
+std::unordered_map<std::string, FoldedBnStats> bn_stats_of(nb::handle stats) {
+  std::unordered_map<std::string, FoldedBnStats> out;
+  if (nb::isinstance<FoldResult>(stats)) {
+    for (const auto& p : nb::cast<const FoldResult&>(stats).folded)
+      if (p.request.direction == FoldDirection::ConvThenBn) out[p.request.layer] = p.bn_stats;
+    return out;
+  }
+  if (!nb::isinstance<nb::dict>(stats))
+    throw InvalidRequestError("bn_stats must be a FoldResult or a dict {layer: (gamma, beta) or FoldedBnStats}, got " +
+                              python_type_name(stats) + ".");
+  for (auto [key, value] : nb::borrow<nb::dict>(stats)) {
+    const std::string layer = nb::cast<std::string>(key);
+    if (nb::isinstance<FoldedBnStats>(value)) {
+      out[layer] = nb::cast<FoldedBnStats>(value);
+      continue;
+    }
+    std::vector<nb::handle> parts = items_of(value, "bn_stats['" + layer + "']");
+    if (parts.size() != 2)
+      throw InvalidRequestError("bn_stats['" + layer + "'] must be (gamma, beta) or a FoldedBnStats.", layer);
+    out[layer] = FoldedBnStats{doubles_of(parts[0], "gamma of '" + layer + "'"),
+                               doubles_of(parts[1], "beta of '" + layer + "'")};
+  }
+  return out;
+}
+
+ClsOptions cls_options(const std::string& relu6, int max_iterations, double tolerance, double min_scale,
+                       double max_scale) {
+  ClsOptions o;
+  o.relu6 = parse_relu6_policy(relu6);
+  if (max_iterations < 1)
+    throw InvalidRequestError("max_iterations must be at least 1, got " + std::to_string(max_iterations) + ".");
+  o.max_iterations = max_iterations;
+  o.tolerance = tolerance;
+  o.min_scale = min_scale;
+  o.max_scale = max_scale;
+  return o;
+}
+
+}  // namespace
+
+FoldDirection parse_fold_direction(const std::string& text, const std::string& node) {
+  if (text == fold_direction_name(FoldDirection::ConvThenBn)) return FoldDirection::ConvThenBn;
+  if (text == fold_direction_name(FoldDirection::BnThenConv)) return FoldDirection::BnThenConv;
+  throw InvalidRequestError("unknown fold direction '" + text + "' for '" + node +
+                                "'; use 'conv_then_bn' (the BN follows the layer) or 'bn_then_conv'.",
+                            node);
+}
+
+void bind_passes(nb::module_& m) {
+  m.def(
+      "unroll_shared_weights",
+      [](const PyGraph& g) { return run_without_gil(g, [](Graph& graph) { return unroll_shared_weights(graph); }); },
+      "graph"_a, "Gives every node its own copy of a weight shared by several (copies live in the graph's arena).");
+
+  m.def(
+      "find_batch_norm_folds",
+      [](const PyGraph& g) { return run_without_gil(g, [](Graph& graph) { return find_batch_norm_folds(graph); }); },
+      "graph"_a, "The batch norms fold_batch_norms would fold, and the candidates it would decline; changes nothing.");
+
+  m.def(
+      "fold_batch_norms",
+      [](const PyGraph& g) { return run_without_gil(g, [](Graph& graph) { return fold_batch_norms(graph); }); },
+      "graph"_a, "Folds every foldable batch norm into its neighbouring layer (conv→BN, else BN→conv).");
+
+  m.def(
+      "fold_given_batch_norms",
+      [](const PyGraph& g, nb::handle requests) {
+        auto r = fold_requests_of(requests);
+        return run_without_gil(g, [&](Graph& graph) { return fold_given_batch_norms(graph, r); });
+      },
+      "graph"_a, "requests"_a,
+      "Folds the given pairs: FoldRequest or (layer, bn, 'conv_then_bn' | 'bn_then_conv') tuples. Raises "
+      "InvalidRequestError for a pair that cannot be folded, changing nothing.");
+
+  m.def(
+      "replace_relu6_with_relu",
+      [](const PyGraph& g) { return run_without_gil(g, [](Graph& graph) { return replace_relu6_with_relu(graph); }); },
+      "graph"_a, "Turns every Clip(0, m) into ReLU.");
+
+  m.def(
+      "find_cls_sets",
+      [](const PyGraph& g, const std::string& relu6) {
+        Relu6Policy policy = parse_relu6_policy(relu6);
+        return run_without_gil(g, [&](Graph& graph) { return find_cls_sets(graph, policy); });
+      },
+      "graph"_a, "relu6"_a = "bound",
+      "The CLS sets (pairs and conv → depthwise → conv triples) scale_model would scale, and the candidates declined.");
+
+  m.def(
+      "scale_cls_sets",
+      [](const PyGraph& g, nb::handle sets, const std::string& relu6, int max_iterations, double tolerance,
+         double min_scale, double max_scale) {
+        auto specs = cls_sets_of(sets);
+        ClsOptions o = cls_options(relu6, max_iterations, tolerance, min_scale, max_scale);
+        return run_without_gil(g, [&](Graph& graph) { return scale_cls_sets(graph, specs, o); });
+      },
+      "graph"_a, "sets"_a, "relu6"_a = "bound", "max_iterations"_a = 1, "tolerance"_a = 1e-6, "min_scale"_a = 1e-6,
+      "max_scale"_a = 1e6,
+      "Scales the given sets (ClsCandidates, or lists of 2 or 3 layer names / ClsSetSpec). relu6: 'replace', "
+      "'bound' or 'skip'.");
+
+  m.def(
+      "scale_model",
+      [](const PyGraph& g, const std::string& relu6, int max_iterations, double tolerance, double min_scale,
+         double max_scale) {
+        ClsOptions o = cls_options(relu6, max_iterations, tolerance, min_scale, max_scale);
+        return run_without_gil(g, [&](Graph& graph) { return scale_model(graph, o); });
+      },
+      "graph"_a, "relu6"_a = "bound", "max_iterations"_a = 1, "tolerance"_a = 1e-6, "min_scale"_a = 1e-6,
+      "max_scale"_a = 1e6, "Finds the CLS sets and scales them.");
+
+  m.def(
+      "absorb_high_bias",
+      [](const PyGraph& g, nb::handle cls_sets, nb::handle bn_stats, double sigmas) {
+        auto sets = cls_results_of(cls_sets);
+        auto stats = bn_stats_of(bn_stats);
+        return run_without_gil(g, [&](Graph& graph) { return absorb_high_bias(graph, sets, stats, sigmas); });
+      },
+      "graph"_a, "cls_sets"_a, "bn_stats"_a, "sigmas"_a = 3.0,
+      "Moves bias from layer1 to layer2 of scaled pairs. cls_sets: ClsResult or [ClsSetResult]; bn_stats: the "
+      "FoldResult of the fold, or {layer: (gamma, beta) | FoldedBnStats} for BNs folded after each layer.");
+
+  m.def(
+      "equalize_model",
+      [](const PyGraph& g, const std::string& relu6, int max_iterations, double tolerance, double min_scale,
+         double max_scale, bool fold, bool absorb, double sigmas) {
+        EqualizeOptions o;
+        o.cls = cls_options(relu6, max_iterations, tolerance, min_scale, max_scale);
+        o.fold = fold;
+        o.absorb_high_bias = absorb;
+        o.high_bias_sigmas = sigmas;
+        return run_without_gil(g, [&](Graph& graph) { return equalize_model(graph, o); });
+      },
+      "graph"_a, "relu6"_a = "bound", "max_iterations"_a = 100, "tolerance"_a = 1e-6, "min_scale"_a = 1e-6,
+      "max_scale"_a = 1e6, "fold"_a = true, "absorb_high_bias"_a = true, "high_bias_sigmas"_a = 3.0,
+      "Unroll, fold, ReLU6 policy, cross-layer scaling and high-bias absorption in one call.");
+}
+
+}  // namespace prequant::python
