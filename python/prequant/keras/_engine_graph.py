@@ -54,6 +54,7 @@ import numpy as np
 from keras import tree
 
 from prequant import _core
+from prequant._cls_info import path_between
 from prequant.keras.activations import BoundedReLU
 
 L = keras.layers
@@ -680,17 +681,7 @@ def warn_fused_activation_before_bn(eg: EngineGraph, declined) -> None:
                     f"cannot be folded into it. Build the layer with activation=None and put the activation "
                     f"after the BN to make it foldable.", stacklevel=3)
 
+
 def between(eg: EngineGraph, l1: str, l2: str) -> list[str]:
     """Names of the nodes on the single-consumer path from l1's output to l2."""
-    nodes = {n.name: n for n in eg.graph.nodes()}
-    consumers: dict[str, list[str]] = {}
-    for n in nodes.values():
-        for t in n.inputs:
-            consumers.setdefault(t, []).append(n.name)
-    path, current = [], nodes[l1]
-    while True:
-        users = consumers.get(current.outputs[0], []) if current.outputs else []
-        if len(users) != 1 or users[0] == l2:
-            return path
-        path.append(users[0])
-        current = nodes[users[0]]
+    return path_between(eg.graph, l1, l2)

@@ -49,6 +49,7 @@ import keras
 import numpy as np
 
 from prequant import _core
+from prequant._cls_info import ClsSetInfo, ClsSetLayerPairInfo
 from prequant.keras import activations as _activations  # noqa: F401  (registers BoundedReLU)
 from prequant.keras._engine_graph import (
     EngineGraph,
@@ -74,31 +75,6 @@ __all__ = [
 
 DEFAULT_MAX_ITERATIONS = 100
 L = keras.layers
-
-
-class ClsSetLayerPairInfo:
-    """A pair of layers that cross-layer scaling scaled: layer1's output channel c was divided by
-    scale_factor[c] and layer2's input channel c multiplied by it."""
-
-    def __init__(self, layer1, layer2, scale_factor: np.ndarray, relu_activation_between_layers: bool):
-        self.layer1 = layer1
-        self.layer2 = layer2
-        self.scale_factor = np.asarray(scale_factor, dtype=np.float64)
-        self.relu_activation_between_layers = bool(relu_activation_between_layers)
-
-    def __repr__(self) -> str:
-        return (f"ClsSetLayerPairInfo({self.layer1.name} -> {self.layer2.name}, "
-                f"{self.scale_factor.size} scales, relu={self.relu_activation_between_layers})")
-
-
-class ClsSetInfo:
-    """The layers of one CLS set: one pair, or two for conv → depthwise → conv."""
-
-    def __init__(self, cls_pair_1: ClsSetLayerPairInfo, cls_pair_2: ClsSetLayerPairInfo | None = None):
-        self.cls_pair_info_list = [cls_pair_1] if cls_pair_2 is None else [cls_pair_1, cls_pair_2]
-
-    def __repr__(self) -> str:
-        return f"ClsSetInfo({self.cls_pair_info_list!r})"
 
 
 # ---- graphs of given layers only (manual APIs without a model) ---------------------------------

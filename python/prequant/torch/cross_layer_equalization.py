@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from prequant import _core
+from prequant._cls_info import ClsSetInfo, ClsSetLayerPairInfo, path_between
 from prequant.torch._engine_graph import (
     EngineGraph,
     _view,
@@ -47,32 +48,6 @@ __all__ = [
 ]
 
 DEFAULT_MAX_ITERATIONS = 100
-
-
-class ClsSetLayerPairInfo:
-    """A pair of layers that cross-layer scaling scaled: layer1's output channel c was divided by
-    scale_factor[c] and layer2's input channel c multiplied by it."""
-
-    def __init__(self, layer1: nn.Module, layer2: nn.Module, scale_factor: np.ndarray,
-                 relu_activation_between_layers: bool):
-        self.layer1 = layer1
-        self.layer2 = layer2
-        self.scale_factor = np.asarray(scale_factor, dtype=np.float64)
-        self.relu_activation_between_layers = bool(relu_activation_between_layers)
-
-    def __repr__(self) -> str:
-        return (f"ClsSetLayerPairInfo({type(self.layer1).__name__} -> {type(self.layer2).__name__}, "
-                f"{self.scale_factor.size} scales, relu={self.relu_activation_between_layers})")
-
-
-class ClsSetInfo:
-    """The layers of one CLS set: one pair, or two for conv → depthwise → conv."""
-
-    def __init__(self, cls_pair_1: ClsSetLayerPairInfo, cls_pair_2: ClsSetLayerPairInfo | None = None):
-        self.cls_pair_info_list = [cls_pair_1] if cls_pair_2 is None else [cls_pair_1, cls_pair_2]
-
-    def __repr__(self) -> str:
-        return f"ClsSetInfo({self.cls_pair_info_list!r})"
 
 
 # ---- graphs for the manual APIs ---------------------------------------------------------------
@@ -244,28 +219,12 @@ def _bias_fold_in_model(model: nn.Module, pairs, bn_layers: dict):
     sets = []
     for p in pairs:
         l1, l2 = name_of(p.layer1), name_of(p.layer2)
-        between = _between(eg, l1, l2) if l1 is not None and l2 is not None else []
+        between = path_between(eg.graph, l1, l2) if l1 is not None and l2 is not None else []
         sets.append(_core.ClsSetResult([_core.ClsPairResult(l1 or "?", l2 or "?", p.scale_factor,
                                                              p.relu_activation_between_layers, between)]))
     result = _core.absorb_high_bias(eg.graph, sets, _bn_stats(bn_layers, name_of))
     apply_high_bias(eg, result)
     return result
-
-
-def _between(eg: EngineGraph, l1: str, l2: str) -> list[str]:
-    """Names of the nodes on the single-consumer path from l1's output to l2."""
-    nodes = {n.name: n for n in eg.graph.nodes()}
-    consumers: dict[str, list[str]] = {}
-    for n in nodes.values():
-        for t in n.inputs:
-            consumers.setdefault(t, []).append(n.name)
-    path, current = [], nodes[l1]
-    while True:
-        users = consumers.get(current.outputs[0], []) if current.outputs else []
-        if len(users) != 1 or users[0] == l2:
-            return path
-        path.append(users[0])
-        current = nodes[users[0]]
 
 
 def replace_relu6_with_relu(model: nn.Module) -> nn.Module:

@@ -1,0 +1,56 @@
+"""Framework-neutral pieces of the CLE front ends: the AIMET-style result records, and the path
+between two layers of an engine graph.
+
+ClsSetLayerPairInfo / ClsSetInfo describe what cross-layer scaling did to a set (PyTorch modules
+or Keras layers alike); `path_between` names what sits between two scaled layers, which
+high-bias absorption needs to lower a bounded ReLU6 with the bias.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _label(layer) -> str:
+    return getattr(layer, "name", None) or type(layer).__name__
+
+
+class ClsSetLayerPairInfo:
+    """A pair of layers that cross-layer scaling scaled: layer1's output channel c was divided by
+    scale_factor[c] and layer2's input channel c multiplied by it."""
+
+    def __init__(self, layer1, layer2, scale_factor: np.ndarray, relu_activation_between_layers: bool):
+        self.layer1 = layer1
+        self.layer2 = layer2
+        self.scale_factor = np.asarray(scale_factor, dtype=np.float64)
+        self.relu_activation_between_layers = bool(relu_activation_between_layers)
+
+    def __repr__(self) -> str:
+        return (f"ClsSetLayerPairInfo({_label(self.layer1)} -> {_label(self.layer2)}, "
+                f"{self.scale_factor.size} scales, relu={self.relu_activation_between_layers})")
+
+
+class ClsSetInfo:
+    """The layers of one CLS set: one pair, or two for conv → depthwise → conv."""
+
+    def __init__(self, cls_pair_1: ClsSetLayerPairInfo, cls_pair_2: ClsSetLayerPairInfo | None = None):
+        self.cls_pair_info_list = [cls_pair_1] if cls_pair_2 is None else [cls_pair_1, cls_pair_2]
+
+    def __repr__(self) -> str:
+        return f"ClsSetInfo({self.cls_pair_info_list!r})"
+
+
+def path_between(graph, l1: str, l2: str) -> list[str]:
+    """Names of the nodes on the single-consumer path from l1's output to l2 in an engine graph."""
+    nodes = {n.name: n for n in graph.nodes()}
+    consumers: dict[str, list[str]] = {}
+    for n in nodes.values():
+        for t in n.inputs:
+            consumers.setdefault(t, []).append(n.name)
+    path, current = [], nodes[l1]
+    while True:
+        users = consumers.get(current.outputs[0], []) if current.outputs else []
+        if len(users) != 1 or users[0] == l2:
+            return path
+        path.append(users[0])
+        current = nodes[users[0]]
