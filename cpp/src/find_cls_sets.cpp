@@ -38,6 +38,12 @@ std::optional<ClsLink> follow_to_next_layer(const Graph& graph, size_t layer, Re
       return std::nullopt;
     }
     const Node& n = graph.nodes[users[0]];
+    if (n.kind == OpKind::Opaque) {
+      why = "'" + n.name + "' (" + (n.op_type.empty() ? "opaque" : n.op_type) +
+            ") follows and is not known to be positively homogeneous per channel" +
+            (n.opaque_reason.empty() ? "" : " (" + n.opaque_reason + ")");
+      return std::nullopt;
+    }
     if (n.inputs.empty() || n.inputs[0] != t) {
       why = "'" + n.name + "' reads the output of '" + from + "' as a parameter, not as its data input";
       return std::nullopt;
@@ -85,9 +91,7 @@ std::optional<ClsLink> follow_to_next_layer(const Graph& graph, size_t layer, Re
       case OpKind::BatchNorm:
         why = "batch norm '" + n.name + "' sits between; fold batch norms first";
         return std::nullopt;
-      case OpKind::Opaque:
-        why = "'" + n.name + "' (" + (n.op_type.empty() ? "opaque" : n.op_type) +
-              ") sits between and is not known to be positively homogeneous per channel";
+      case OpKind::Opaque:  // handled above
         return std::nullopt;
     }
     if (n.outputs.size() != 1) {
