@@ -12,7 +12,7 @@ from torch import nn
 from prequant import _core
 from prequant.torch.activations import BoundedReLU
 from prequant.torch.batch_norm_fold import fold_all_batch_norms, fold_given_batch_norms
-from torch_cle_models import MobileBlock, in_ranges, make_block, out_ranges, randomize_bn, rel_err
+from torch_cle_models import in_ranges, make_block, out_ranges, randomize_bn, rel_err
 from prequant.torch.cross_layer_equalization import (
     ClsSetInfo,
     CrossLayerScaling,

@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections import deque
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
