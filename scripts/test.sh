@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: the C++ GoogleTest suite (ctest) and the Python suites (pytest).
+# Runs every test: the C++ GoogleTest suite (ctest), the Python suites (pytest), and the C++
+# suite again under AddressSanitizer + UndefinedBehaviorSanitizer with a short libFuzzer session
+# on the ONNX reader (scripts/sanitize.sh; PREQUANT_SKIP_SANITIZE=1 skips it locally).
 # Installs what is missing first (scripts/install.sh).
 #
 # The Python suites run as separate pytest processes, one per front end: TensorFlow and
@@ -9,13 +11,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 build_dir=$(ls -d build/cp*/ | tail -n 1)
-echo "==> ctest ($build_dir)"
-ctest --test-dir "$build_dir" --output-on-failure -j2
 export PREQUANT_CLI="${PREQUANT_CLI:-$(command -v prequant)}"
-status=0
+
+passed=0
+failed=0
+run_suite() {  # run_suite NAME COMMAND...: runs one suite, counts it, never stops the others
+  echo "==> $1"
+  shift
+  if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $*"; fi
+}
+run_suite "ctest ($build_dir)" ctest --test-dir "$build_dir" --output-on-failure -j2
 for suite in tests/test_*.py tests/onnx tests/torch tests/keras; do
-  echo "==> pytest $suite"
-  python3 -m pytest "$suite" -q -p no:cacheprovider "$@" || status=1
+  run_suite "pytest $suite" python3 -m pytest "$suite" -q -p no:cacheprovider "$@"
 done
-if [ "$status" = 0 ]; then echo "all test suites passed"; else echo "some test suites FAILED"; fi
-exit "$status"
+if [ "${PREQUANT_SKIP_SANITIZE:-0}" != 1 ]; then
+  run_suite "sanitizers + fuzzing (scripts/sanitize.sh)" bash scripts/sanitize.sh
+fi
+echo "suites: $passed passed, $failed failed"
+[ "$failed" = 0 ]

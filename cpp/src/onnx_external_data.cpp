@@ -75,7 +75,9 @@ class ExternalReader {
     const fs::path path = fs::path(base_) / rel;
     OpenFile& f = open(path, t.name());
     const int64_t length = ref.length >= 0 ? ref.length : f.size - ref.offset;
-    if (ref.offset > f.size || length < 0 || ref.offset + length > f.size)
+    // length > size - offset, not offset + length > size: a damaged length near INT64_MAX
+    // must not overflow the sum.
+    if (ref.offset > f.size || length < 0 || length > f.size - ref.offset)
       throw ModelFormatError("tensor '" + t.name() + "': external data at offset " +
                              std::to_string(ref.offset) + ", length " + std::to_string(length) +
                              " lies beyond the end of '" + path.string() + "' (" +

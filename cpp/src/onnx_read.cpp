@@ -483,18 +483,24 @@ std::string Reader::map_conv(const pb::NodeProto& n, int idx, Node& node, Bindin
   const auto* wt = initializer(w);
   if (wt->dims_size() < 3 || wt->dims_size() > 5)
     return "its weight has rank " + std::to_string(wt->dims_size()) + "; 1-d to 3-d convs are supported";
+  const int64_t groups = attr_int(n, "group", 1);
+  // The layout holds the group count as an int; more groups than channels is never valid.
+  if (groups < 1 || groups > INT_MAX || groups > std::max<int64_t>(wt->dims(0), 1))
+    return "its group attribute is " + std::to_string(groups);
   const bool has_bias = n.input_size() > 2 && !n.input(2).empty();
   if (has_bias) {
     const auto* bt = initializer(n.input(2));
     if (!bt) return "its bias '" + n.input(2) + "' is computed by the graph, not an initializer";
-    const int64_t outs = transposed ? wt->dims(1) * attr_int(n, "group", 1) : wt->dims(0);
+    // ConvTranspose: O/g · g output channels; a damaged shape must not overflow the product.
+    int64_t outs = wt->dims(0);
+    if (transposed && __builtin_mul_overflow(wt->dims(1), groups, &outs))
+      return "its weight shape " + shape_text({wt->dims().begin(), wt->dims().end()}) +
+             " and group " + std::to_string(groups) + " overflow the channel count";
     if (bt->dims_size() != 1 || bt->dims(0) != outs)
       return "its bias has shape " + shape_text({bt->dims().begin(), bt->dims().end()}) +
              ", not (" + std::to_string(outs) + ",)";
   }
   if (auto why = require_channels_on_axis1(n, n.input(0)); !why.empty()) return why;
-  const int64_t groups = attr_int(n, "group", 1);
-  if (groups < 1) return "its group attribute is " + std::to_string(groups);
   const int spatial = wt->dims_size() - 2;
   const std::string auto_pad = attr_string(n, "auto_pad", "NOTSET");
   const auto pads = attr_ints(n, "pads");
@@ -687,7 +693,11 @@ std::string Reader::map_pad(const pb::NodeProto& n, int idx, Node& node, Binding
   if (n.input_size() > 3 && !n.input(3).empty()) {
     const auto a = constant_values(n.input(3), "the axes of Pad '" + node.name + "'");
     if (!a) return "its axes are computed by the graph";
-    for (double v : *a) axes.push_back(static_cast<int64_t>(v));
+    for (double v : *a) {
+      // Converting a double outside int64's range (or NaN) is undefined behaviour.
+      if (!(std::abs(v) <= 1024.0) || v != std::trunc(v)) return "its axes are not valid axis numbers";
+      axes.push_back(static_cast<int64_t>(v));
+    }
     if (static_cast<int>(axes.size()) != listed) return "its axes and pads disagree in length";
   } else {
     for (int k = 0; k < listed; ++k) axes.push_back(k);

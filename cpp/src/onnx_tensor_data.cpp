@@ -162,33 +162,38 @@ std::vector<double> decode_numeric(const pb::TensorProto& t, const std::string& 
     return ModelFormatError(what + " holds " + std::to_string(have) + " values but its shape needs " +
                             std::to_string(n) + "; the file is damaged — re-export the model");
   };
+  // Reserve only once the value count matches the shape: the shape alone may claim up to 2^40
+  // values (terabytes) for a tensor that holds none.
   std::vector<double> out;
-  out.reserve(static_cast<size_t>(n));
+  auto reserve_checked = [&](int64_t have) {
+    if (have != n) throw short_data(have);
+    out.reserve(static_cast<size_t>(n));
+  };
   switch (type) {
     case kFloat:
-      if (t.float_data_size() != n) throw short_data(t.float_data_size());
+      reserve_checked(t.float_data_size());
       for (float v : t.float_data()) out.push_back(v);
       return out;
     case kDouble:
-      if (t.double_data_size() != n) throw short_data(t.double_data_size());
+      reserve_checked(t.double_data_size());
       for (double v : t.double_data()) out.push_back(v);
       return out;
     case kInt64:
-      if (t.int64_data_size() != n) throw short_data(t.int64_data_size());
+      reserve_checked(t.int64_data_size());
       for (int64_t v : t.int64_data()) out.push_back(static_cast<double>(v));
       return out;
     case kUint32: case kUint64:
-      if (t.uint64_data_size() != n) throw short_data(t.uint64_data_size());
+      reserve_checked(t.uint64_data_size());
       for (uint64_t v : t.uint64_data()) out.push_back(static_cast<double>(v));
       return out;
     case kFloat16: case kBfloat16:
-      if (t.int32_data_size() != n) throw short_data(t.int32_data_size());
+      reserve_checked(t.int32_data_size());
       for (int32_t v : t.int32_data())
         out.push_back(type == kFloat16 ? half_to_float(static_cast<uint16_t>(v))
                                        : bf16_to_float(static_cast<uint16_t>(v)));
       return out;
     default:
-      if (t.int32_data_size() != n) throw short_data(t.int32_data_size());
+      reserve_checked(t.int32_data_size());
       for (int32_t v : t.int32_data()) out.push_back(v);
       return out;
   }
