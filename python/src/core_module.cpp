@@ -1,6 +1,7 @@
 // prequant._core — the engine as a Python extension. The Python package `prequant` owns the
 // public API and re-exports what users need from here.
 #include "bindings.h"
+#include "prequant/testing.h"
 
 NB_MODULE(_core, m) {
   using namespace prequant::python;
@@ -13,4 +14,9 @@ NB_MODULE(_core, m) {
   bind_results(m);
   bind_passes(m);
   bind_onnx(m);
+  // Fault injection for atomicity tests: the (n+1)-th parameter write of any pass raises Error.
+  m.def("_set_fail_after_writes", &prequant::testing::set_fail_after_writes, nanobind::arg("n"),
+        "Tests only: make the (n+1)-th parameter write of any pass fail (n < 0 disables).");
+  m.def("_writes_seen", &prequant::testing::writes_seen,
+        "Tests only: parameter writes since the last _set_fail_after_writes.");
 }

@@ -224,3 +224,17 @@ def test_stepwise_bound_policy_keeps_bounds_exact_through_bias_fold():
     absorbed = {(a.layer1, a.layer2): a.amount for a in HighBiasFold.last_result.absorbed}
     c = torch.as_tensor(absorbed[("conv1", "dw")], dtype=torch.float32)
     assert torch.allclose(model.act1.upper, upper_before - c, atol=1e-5)
+
+
+def test_one_channel_layers_and_nothing_to_do():
+    model = randomize_bn(nn.Sequential(nn.Conv2d(3, 1, 3), nn.BatchNorm2d(1), nn.ReLU(), nn.Conv2d(1, 4, 1),
+                                       nn.BatchNorm2d(4))).eval()
+    x = torch.randn(2, 3, 8, 8)
+    ref = model(x)
+    result = equalize_model(model, absorb_high_bias=False)
+    assert len(result.fold.folded) == 2 and len(result.cls.sets) == 1
+    assert rel_err(model(x), ref) < 1e-5
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).eval()
+    result = equalize_model(plain)
+    assert not result.fold.folded and not result.cls.sets
+    assert "graph output" in result.explain()
