@@ -40,6 +40,21 @@ class ClsSetInfo:
         return f"ClsSetInfo({self.cls_pair_info_list!r})"
 
 
+def cls_set_infos(cls_sets, scale_factors, relu_flags) -> list[ClsSetInfo]:
+    """ClsSetInfo per set from scale_cls_sets' output: a pair's scales is one array, a triple's a
+    (scale12, scale23) tuple; a triple's relu flag may be one bool or a (bool, bool) tuple."""
+    infos = []
+    for layers, scales, relu in zip(cls_sets, scale_factors, relu_flags):
+        if len(layers) == 2:
+            infos.append(ClsSetInfo(ClsSetLayerPairInfo(layers[0], layers[1], scales, relu)))
+        else:
+            s12, s23 = scales
+            r12, r23 = relu if isinstance(relu, (tuple, list)) else (relu, relu)
+            infos.append(ClsSetInfo(ClsSetLayerPairInfo(layers[0], layers[1], s12, r12),
+                                    ClsSetLayerPairInfo(layers[1], layers[2], s23, r23)))
+    return infos
+
+
 def path_between(graph, l1: str, l2: str) -> list[str]:
     """Names of the nodes on the single-consumer path from l1's output to l2 in an engine graph."""
     nodes = {n.name: n for n in graph.nodes()}

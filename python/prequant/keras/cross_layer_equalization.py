@@ -49,7 +49,7 @@ import keras
 import numpy as np
 
 from prequant import _core
-from prequant._cls_info import ClsSetInfo, ClsSetLayerPairInfo
+from prequant._cls_info import ClsSetInfo, ClsSetLayerPairInfo, cls_set_infos
 from prequant.keras import activations as _activations  # noqa: F401  (registers BoundedReLU)
 from prequant.keras._engine_graph import (
     EngineGraph,
@@ -214,16 +214,7 @@ class CrossLayerScaling:
             raise _core.InvalidRequestError(
                 f"is_relu_activation_in_cls_sets has {len(flags)} entries for {len(cls_sets)} sets")
         flags += [True] * (len(cls_sets) - len(flags))
-        infos = []
-        for layers, scales, relu in zip(cls_sets, scale_factors, flags):
-            if len(layers) == 2:
-                infos.append(ClsSetInfo(ClsSetLayerPairInfo(layers[0], layers[1], scales, relu)))
-            else:
-                s12, s23 = scales
-                r12, r23 = relu if isinstance(relu, (tuple, list)) else (relu, relu)
-                infos.append(ClsSetInfo(ClsSetLayerPairInfo(layers[0], layers[1], s12, r12),
-                                        ClsSetLayerPairInfo(layers[1], layers[2], s23, r23)))
-        return infos
+        return cls_set_infos(cls_sets, scale_factors, flags)
 
 
 class HighBiasFold:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from prequant import _core
-from prequant._cls_info import ClsSetInfo, ClsSetLayerPairInfo, path_between
+from prequant._cls_info import ClsSetInfo, ClsSetLayerPairInfo, cls_set_infos, path_between
 from prequant.torch._engine_graph import (
     EngineGraph,
     _view,
@@ -162,16 +162,7 @@ class CrossLayerScaling:
             raise _core.InvalidRequestError(
                 f"cls_sets ({len(cls_sets)}), scale_factors ({len(scale_factors)}) and "
                 f"is_relu_activation_in_cls_sets ({len(is_relu_activation_in_cls_sets)}) must have one entry per set")
-        infos = []
-        for layers, scales, relu in zip(cls_sets, scale_factors, is_relu_activation_in_cls_sets):
-            if len(layers) == 2:
-                infos.append(ClsSetInfo(ClsSetLayerPairInfo(layers[0], layers[1], scales, relu)))
-            else:
-                s12, s23 = scales
-                r12, r23 = relu if isinstance(relu, (tuple, list)) else (relu, relu)
-                infos.append(ClsSetInfo(ClsSetLayerPairInfo(layers[0], layers[1], s12, r12),
-                                        ClsSetLayerPairInfo(layers[1], layers[2], s23, r23)))
-        return infos
+        return cls_set_infos(cls_sets, scale_factors, is_relu_activation_in_cls_sets)
 
 
 class HighBiasFold:
