@@ -97,8 +97,8 @@ HighBiasResult absorb_high_bias(Graph& graph, const std::vector<ClsSetResult>& s
         for (Node* clip : clips) c[k] = std::min(c[k], clip->clip_max_per_channel[k]);
       }
       const auto moved = contract_in_channels(l2.weight, c);
-      protect_node(tx, l1);
-      protect_node(tx, l2);
+      tx.protect(l1.bias);  // only biases change: no need to back up the weights
+      tx.protect(l2.bias);
       BiasAbsorption absorbed{l1.name, l2.name, c, ensure_bias(graph, l2)};
       detail::note_write();
       for (size_t k = 0; k < channels; ++k) l1.bias.set(k, l1.bias.get(k) - c[k]);
