@@ -107,6 +107,7 @@ json to_json(const ClsResult& r) {
   return json{{"sets", sets},
               {"declined", declined_list(r.declined)},
               {"iterations", r.iterations},
+              {"converged", r.converged},
               {"last_max_log_scale", std::isfinite(r.last_max_log_scale) ? json(r.last_max_log_scale)
                                                                          : json(nullptr)}};
 }
@@ -186,7 +187,9 @@ std::string explain(const ClsResult& r) {
   std::ostringstream out;
   out << "Cross-layer scaling: " << plural(r.sets.size(), "set", "sets") << " scaled in "
       << plural(static_cast<size_t>(r.iterations), "iteration", "iterations")
-      << " (largest |ln s| in the last iteration: " << num(r.last_max_log_scale) << "), "
+      << (r.converged ? std::string(", converged")
+                      : " (not converged: largest |ln s| in the last iteration " + num(r.last_max_log_scale) + ")")
+      << ", "
       << r.declined.size() << " declined\n";
   for (const auto& s : r.sets) {
     std::vector<std::string> layers;

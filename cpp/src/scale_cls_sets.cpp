@@ -208,6 +208,7 @@ ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, con
     result.iterations = it + 1;
     result.last_max_log_scale = max_log;
   }
+  result.converged = std::none_of(dirty.begin(), dirty.end(), [](bool d) { return d; });
 
   // Write: each weight once; biases and clip bounds follow the layer's output factor.
   for (auto& [layer, st] : state) {

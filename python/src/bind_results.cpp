@@ -146,6 +146,7 @@ nb::dict to_dict(const ClsResult& r) {
   o["declined"] = dicts_of(r.declined);
   o["iterations"] = r.iterations;
   o["last_max_log_scale"] = r.last_max_log_scale;
+  o["converged"] = r.converged;
   return o;
 }
 
@@ -348,6 +349,7 @@ void bind_results(nb::module_& m) {
                    "clips replaced by ReLU or bounded per channel by the ReLU6 policy")
       .def_prop_ro("declined", [](const ClsResult& r) { return list_of(r.declined); })
       .def_ro("iterations", &ClsResult::iterations)
+      .def_ro("converged", &ClsResult::converged, "no set moved by the tolerance or more in the last sweep")
       .def_ro("last_max_log_scale", &ClsResult::last_max_log_scale,
               "max |ln s| in the last iteration (0 at convergence)")
       .def("__repr__", [](const ClsResult& r) {

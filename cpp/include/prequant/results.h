@@ -83,8 +83,9 @@ struct ClsResult {
   std::vector<ClsSetResult> sets;
   std::vector<ActivationEdit> activation_edits;  // clips replaced or bounded (ReLU6 policy)
   std::vector<Declined> declined;
-  int iterations = 0;
-  double last_max_log_scale = 0.0;  // max |ln s| in the last iteration (0 at convergence)
+  int iterations = 0;               // sweeps over the sets
+  double last_max_log_scale = 0.0;  // max |ln s| applied in the last sweep
+  bool converged = false;           // no set moved by tolerance or more in the last sweep
 };
 
 // Bias moved from layer1 to layer2 by high-bias absorption.
