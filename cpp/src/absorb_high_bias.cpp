@@ -7,7 +7,8 @@
 //         pre-activation stays ≥ c (3σ: ~99.9% of a Gaussian), and exactly when no activation
 //         sits between. With an activation between, padded borders of L2 (or a zero pad between)
 //         do not see the shift: an approximation, as the 3σ rule is (AIMET makes the same one).
-// Preconditions: bn_stats holds the BN folded after L1 (never one that sat before it).
+// Preconditions: bn_stats holds the BN folded after L1 (never one that sat before it). A pair
+//   without activations_between takes them from the graph's path from L1 to L2.
 // Formula (s = the pair's cumulative CLS scale; γ' = γ/s, β' = β/s):
 //   c = max(0, β' − k·|γ'|) with a ReLU-like activation between, else c = β'   (k = 3)
 //   a per-channel clip bound B (ReLU6 'bound' policy) caps c at B and becomes B − c;
@@ -18,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "cls_chain.h"
 #include "pass_util.h"
 #include "prequant/passes.h"
 
@@ -61,8 +63,16 @@ HighBiasResult absorb_high_bias(Graph& graph, const std::vector<ClsSetResult>& s
         decline("'" + l1.name + "' has no bias to absorb");
         continue;
       }
+      // What sits between: as the pair says, or, for a pair scaled elsewhere (a user's manual
+      // sets), the graph's own path when layer2 is the next layer after layer1.
+      std::vector<std::string> between = pair.activations_between;
+      if (between.empty()) {
+        std::string why;
+        if (auto link = follow_to_next_layer(graph, *i1, Relu6Policy::Bound, why); link && link->next == *i2)
+          for (size_t b : link->between) between.push_back(graph.nodes[b].name);
+      }
       std::string blocked;
-      for (const auto& name : pair.activations_between) {
+      for (const auto& name : between) {
         const auto b = graph.find(name);
         if (!b) continue;
         const Node& n = graph.nodes[*b];
@@ -84,7 +94,7 @@ HighBiasResult absorb_high_bias(Graph& graph, const std::vector<ClsSetResult>& s
       require_finite_layer(tx, l2);
 
       std::vector<Node*> clips;
-      for (const auto& name : pair.activations_between)
+      for (const auto& name : between)
         if (auto b = graph.find(name); b && graph.nodes[*b].kind == OpKind::Clip &&
                                        !graph.nodes[*b].clip_max_per_channel.empty())
           clips.push_back(&graph.nodes[*b]);

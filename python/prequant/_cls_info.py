@@ -1,9 +1,7 @@
-"""Framework-neutral pieces of the CLE front ends: the AIMET-style result records, and the path
-between two layers of an engine graph.
+"""Framework-neutral pieces of the CLE front ends: the AIMET-style result records.
 
 ClsSetLayerPairInfo / ClsSetInfo describe what cross-layer scaling did to a set (PyTorch modules
-or Keras layers alike); `path_between` names what sits between two scaled layers, which
-high-bias absorption needs to lower a bounded ReLU6 with the bias.
+or Keras layers alike); `cls_set_infos` builds them from scale_cls_sets' output.
 """
 
 from __future__ import annotations
@@ -53,19 +51,3 @@ def cls_set_infos(cls_sets, scale_factors, relu_flags) -> list[ClsSetInfo]:
             infos.append(ClsSetInfo(ClsSetLayerPairInfo(layers[0], layers[1], s12, r12),
                                     ClsSetLayerPairInfo(layers[1], layers[2], s23, r23)))
     return infos
-
-
-def path_between(graph, l1: str, l2: str) -> list[str]:
-    """Names of the nodes on the single-consumer path from l1's output to l2 in an engine graph."""
-    nodes = {n.name: n for n in graph.nodes()}
-    consumers: dict[str, list[str]] = {}
-    for n in nodes.values():
-        for t in n.inputs:
-            consumers.setdefault(t, []).append(n.name)
-    path, current = [], nodes[l1]
-    while True:
-        users = consumers.get(current.outputs[0], []) if current.outputs else []
-        if len(users) != 1 or users[0] == l2:
-            return path
-        path.append(users[0])
-        current = nodes[users[0]]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 
 import pytest
-import torch
 
 from prequant import _core
 from prequant.torch.batch_norm_fold import fold_all_batch_norms

@@ -54,7 +54,6 @@ import numpy as np
 from keras import tree
 
 from prequant import _core
-from prequant._cls_info import path_between
 from prequant.keras.activations import BoundedReLU
 
 L = keras.layers
@@ -680,8 +679,3 @@ def warn_fused_activation_before_bn(eg: EngineGraph, declined) -> None:
                     f"fused activation='{_activation_name(layer.op.activation)}' runs before the BN: the BN "
                     f"cannot be folded into it. Build the layer with activation=None and put the activation "
                     f"after the BN to make it foldable.", stacklevel=3)
-
-
-def between(eg: EngineGraph, l1: str, l2: str) -> list[str]:
-    """Names of the nodes on the single-consumer path from l1's output to l2."""
-    return path_between(eg.graph, l1, l2)

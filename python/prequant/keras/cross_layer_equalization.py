@@ -56,7 +56,6 @@ from prequant.keras._engine_graph import (
     Param,
     add_bias_variable,
     apply_in_place,
-    between,
     build_engine_graph,
     build_model,
     layer_weight,
@@ -269,9 +268,8 @@ def _bias_fold_in_model(model: keras.Model, pairs, bn_items):
     sets = []
     for p in pairs:
         l1, l2 = getattr(p, "_names", (name_of(p.layer1), name_of(p.layer2)))
-        path = between(eg, l1, l2) if l1 is not None and l2 is not None else []
         sets.append(_core.ClsSetResult([_core.ClsPairResult(l1 or "?", l2 or "?", p.scale_factor,
-                                                             p.relu_activation_between_layers, path)]))
+                                                             p.relu_activation_between_layers)]))
     result = _core.absorb_high_bias(eg.graph, sets, _bn_stats(bn_items, name_of))
     apply_in_place(eg, bias_added=[a.layer2 for a in result.absorbed if a.bias_added], bounds_changed=True)
     return result

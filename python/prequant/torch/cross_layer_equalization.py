@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from prequant import _core
-from prequant._cls_info import ClsSetInfo, ClsSetLayerPairInfo, cls_set_infos, path_between
+from prequant._cls_info import ClsSetInfo, ClsSetLayerPairInfo, cls_set_infos
 from prequant.torch._engine_graph import (
     EngineGraph,
     _view,
@@ -199,7 +199,7 @@ def _bn_stats(bn_layers: dict, name_of) -> dict:
 
 
 def _bias_fold_in_model(model: nn.Module, pairs, bn_layers: dict):
-    """High-bias absorption on the model's own graph: activations between are known, so a
+    """High-bias absorption on the model's own graph: the engine sees what sits between, so a
     BoundedReLU's bounds are lowered with the bias (exactness of the 'bound' ReLU6 policy)."""
     eg = build_engine_graph(model)
 
@@ -209,9 +209,8 @@ def _bias_fold_in_model(model: nn.Module, pairs, bn_layers: dict):
     sets = []
     for p in pairs:
         l1, l2 = name_of(p.layer1), name_of(p.layer2)
-        between = path_between(eg.graph, l1, l2) if l1 is not None and l2 is not None else []
         sets.append(_core.ClsSetResult([_core.ClsPairResult(l1 or "?", l2 or "?", p.scale_factor,
-                                                             p.relu_activation_between_layers, between)]))
+                                                             p.relu_activation_between_layers)]))
     result = _core.absorb_high_bias(eg.graph, sets, _bn_stats(bn_layers, name_of))
     apply_high_bias(eg, result)
     return result
