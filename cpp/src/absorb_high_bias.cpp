@@ -106,8 +106,8 @@ HighBiasResult absorb_high_bias(Graph& graph, const std::vector<ClsSetResult>& s
         c[k] = pair.relu_between ? std::max(0.0, beta - sigmas * std::abs(gamma)) : beta;
         for (Node* clip : clips) c[k] = std::min(c[k], clip->clip_max_per_channel[k]);
       }
-      const auto moved = contract_in_channels(l2.weight, c);
-      tx.protect(l1.bias);  // only biases change: no need to back up the weights
+      const auto moved = contract_in_channels_pending(tx, l2.weight, c);
+      tx.protect(l1.bias);
       tx.protect(l2.bias);
       BiasAbsorption absorbed{l1.name, l2.name, c, ensure_bias(graph, l2)};
       detail::note_write();

@@ -7,7 +7,9 @@
 // Formula (σ = sqrt(var + eps), s = γ/σ, per BN channel):
 //   conv→BN  W'[o] = W[o]·s[o];        b'[o] = β[o] + (b[o] − μ[o])·s[o]
 //   BN→conv  W'[o,i] = W[o,i]·s[i];    b'[o] = b[o] + Σ_i (Σ_k W[o,i,k])·(β[i] − μ[i]·s[i])
-// Sums accumulate in double; weights keep their dtype.
+// Sums accumulate in double; weights keep their dtype. The weight factors are deferred to the
+// transaction's commit (see transaction.h), so a later pass in the same pipeline reads the weight
+// as folded and every weight is written once.
 #include <cmath>
 
 #include "fold_checks.h"
@@ -26,27 +28,27 @@ std::vector<double> bn_scale(const Node& bn) {
   return s;
 }
 
-void fold_conv_then_bn(Graph& graph, Node& layer, Node& bn, FoldedPair& pair) {
+void fold_conv_then_bn(Transaction& tx, Graph& graph, Node& layer, Node& bn, FoldedPair& pair) {
   const auto s = bn_scale(bn);
   pair.bias_added = ensure_bias(graph, layer);
   detail::note_write();
   for (size_t o = 0; o < s.size(); ++o)
     layer.bias.set(o, bn.beta.get(o) + (layer.bias.get(o) - bn.mean.get(o)) * s[o]);
-  scale_out_channels(layer.weight, s);
+  tx.defer_scale(layer.weight, s, {});
   pair.bn_stats = {bn.gamma.to_doubles(), bn.beta.to_doubles()};
   layer.outputs[0] = bn.outputs[0];
   bn.removed = true;
 }
 
-void fold_bn_then_conv(Graph& graph, Node& layer, Node& bn, FoldedPair& pair) {
+void fold_bn_then_conv(Transaction& tx, Graph& graph, Node& layer, Node& bn, FoldedPair& pair) {
   const auto s = bn_scale(bn);
   std::vector<double> shift(s.size());
   for (size_t i = 0; i < s.size(); ++i) shift[i] = bn.beta.get(i) - bn.mean.get(i) * s[i];
-  const auto added = contract_in_channels(layer.weight, shift);  // uses W before scaling
+  const auto added = contract_in_channels_pending(tx, layer.weight, shift);  // W before this fold's scaling
   pair.bias_added = ensure_bias(graph, layer);
   detail::note_write();
   for (size_t o = 0; o < added.size(); ++o) layer.bias.set(o, layer.bias.get(o) + added[o]);
-  scale_in_channels(layer.weight, s);
+  tx.defer_scale(layer.weight, {}, s);
   layer.inputs[0] = bn.inputs[0];
   bn.removed = true;
 }
@@ -66,9 +68,9 @@ FoldResult apply_folds(Graph& graph, std::vector<FoldRequest> requests, std::vec
     protect_node(tx, layer);
     FoldedPair pair{r, false, {}};
     if (r.direction == FoldDirection::ConvThenBn)
-      fold_conv_then_bn(graph, layer, bn, pair);
+      fold_conv_then_bn(tx, graph, layer, bn, pair);
     else
-      fold_bn_then_conv(graph, layer, bn, pair);
+      fold_bn_then_conv(tx, graph, layer, bn, pair);
     result.folded.push_back(std::move(pair));
   }
   graph.reindex();

@@ -52,9 +52,18 @@ bool ensure_bias(Graph& graph, Node& layer) {
 }
 
 void protect_node(Transaction& tx, const Node& node) {
-  for (const TensorView* t : {&node.weight.tensor, &node.bias, &node.gamma, &node.beta, &node.mean,
-                              &node.var, &node.slope})
+  for (const TensorView* t : {&node.bias, &node.gamma, &node.beta, &node.mean, &node.var, &node.slope})
     tx.protect(*t);
+}
+
+std::vector<double> contract_in_channels_pending(const Transaction& tx, const Weight& w, std::vector<double> v) {
+  const DeferredScale* d = tx.pending(w);
+  if (d)
+    for (size_t i = 0; i < v.size(); ++i) v[i] *= d->in[i];
+  auto out = contract_in_channels(w, v);
+  if (d)
+    for (size_t o = 0; o < out.size(); ++o) out[o] *= d->out[o];
+  return out;
 }
 
 std::string join_names(const Graph& graph, const std::vector<size_t>& indices) {

@@ -21,8 +21,13 @@ void require_valid_batch_norm(Transaction& tx, const Node& bn);
 // Gives `layer` a zero bias in the graph's arena if it has none; returns true if it did.
 bool ensure_bias(Graph& graph, Node& layer);
 
-// Protects every parameter of `node` in `tx`.
+// Protects every parameter of `node` in `tx` but the weight, which passes only change through
+// tx.defer_scale().
 void protect_node(Transaction& tx, const Node& node);
+
+// contract_in_channels (Σ_i Σ_k W[o, i, k]·v[i]) on the weight as it will be once `tx` applies
+// its deferred factors: out[o]·Σ_i Σ_k W[o, i, k]·in[i]·v[i].
+std::vector<double> contract_in_channels_pending(const Transaction& tx, const Weight& w, std::vector<double> v);
 
 // "a, b and c" for messages.
 std::string join_names(const Graph& graph, const std::vector<size_t>& indices);

@@ -127,38 +127,64 @@ ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, con
 
   // Iterate on each layer's RangeMatrix and cumulative per-channel factors; the weights are
   // written once, at the end (and only then, so a failure midway changes nothing).
+  // Ranges are cached per side. Scaling one side by f multiplies that side's ranges by f
+  // exactly and only invalidates the other side's, so a layer scaled on one side only (the ends
+  // of a chain: most of the weight volume) is measured once, and sweeps re-read only the
+  // matrices of layers scaled on both sides.
   struct LayerState {
     RangeMatrix matrix;
     std::vector<double> out_factor, in_factor;
-    std::optional<ChannelRanges> ranges;  // under the current factors
+    std::optional<std::vector<double>> out_ranges, in_ranges;  // under the current factors
   };
   std::unordered_map<size_t, LayerState> state;
   for (const auto& set : sets)
     for (size_t l : set.layers)
       if (!state.count(l)) {
         const Node& n = graph.nodes[l];
-        state.emplace(l, LayerState{RangeMatrix(n.weight), std::vector<double>(n.out_channels(), 1.0),
-                                    std::vector<double>(n.in_channels(), 1.0), std::nullopt});
+        RangeMatrix matrix(n.weight);
+        if (const DeferredScale* d = tx.pending(n.weight)) matrix.scale(d->out, d->in);  // e.g. a fold before
+        state.emplace(l, LayerState{std::move(matrix), std::vector<double>(n.out_channels(), 1.0),
+                                    std::vector<double>(n.in_channels(), 1.0), std::nullopt, std::nullopt});
       }
-  auto ranges_of = [&](size_t layer) -> const ChannelRanges& {
-    LayerState& st = state.at(layer);
-    if (!st.ranges) st.ranges = st.matrix.ranges(st.out_factor, st.in_factor);
-    return *st.ranges;
+  auto measure = [&](LayerState& st) {
+    ChannelRanges r = st.matrix.ranges(st.out_factor, st.in_factor);
+    st.out_ranges = std::move(r.out);
+    st.in_ranges = std::move(r.in);
   };
-  auto multiply = [&](size_t layer, std::vector<double> LayerState::*which, const std::vector<double>& f,
-                      bool invert) {
+  auto out_ranges_of = [&](size_t layer) -> const std::vector<double>& {
     LayerState& st = state.at(layer);
-    auto& v = st.*which;
-    for (size_t c = 0; c < v.size(); ++c) v[c] = invert ? v[c] / f[c] : v[c] * f[c];
-    st.ranges.reset();
+    if (!st.out_ranges) measure(st);
+    return *st.out_ranges;
+  };
+  auto in_ranges_of = [&](size_t layer) -> const std::vector<double>& {
+    LayerState& st = state.at(layer);
+    if (!st.in_ranges) measure(st);
+    return *st.in_ranges;
+  };
+  // factor[c] *= f[c] (or /= f[c]) on one side of `layer`; f > 0.
+  auto multiply = [&](size_t layer, bool out_side, const std::vector<double>& f, bool invert) {
+    LayerState& st = state.at(layer);
+    auto& factor = out_side ? st.out_factor : st.in_factor;
+    auto& same = out_side ? st.out_ranges : st.in_ranges;
+    for (size_t c = 0; c < factor.size(); ++c) {
+      const double g = invert ? 1.0 / f[c] : f[c];
+      factor[c] *= g;
+      if (same) (*same)[c] *= g;
+    }
+    (out_side ? st.in_ranges : st.out_ranges).reset();
   };
   // Sets sharing a layer disturb each other; only a set whose layers moved is scaled again.
+  std::unordered_map<size_t, std::vector<size_t>> sets_of_layer;
+  for (size_t k = 0; k < sets.size(); ++k)
+    for (size_t l : sets[k].layers) sets_of_layer[l].push_back(k);
   std::vector<std::vector<size_t>> neighbours(sets.size());
-  for (size_t a = 0; a < sets.size(); ++a)
-    for (size_t b = 0; b < sets.size(); ++b)
-      if (a != b && std::find_first_of(sets[a].layers.begin(), sets[a].layers.end(), sets[b].layers.begin(),
-                                       sets[b].layers.end()) != sets[a].layers.end())
-        neighbours[a].push_back(b);
+  for (size_t a = 0; a < sets.size(); ++a) {
+    for (size_t l : sets[a].layers)
+      for (size_t b : sets_of_layer[l])
+        if (b != a) neighbours[a].push_back(b);
+    std::sort(neighbours[a].begin(), neighbours[a].end());
+    neighbours[a].erase(std::unique(neighbours[a].begin(), neighbours[a].end()), neighbours[a].end());
+  }
   std::vector<bool> dirty(sets.size(), true);
 
   const int iterations = std::max(1, options.max_iterations);
@@ -170,21 +196,21 @@ ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, con
       any = true;
       dirty[k] = false;
       const auto& set = sets[k];
-      const std::vector<double> r1 = ranges_of(set.layers[0]).out;
+      const std::vector<double> r1 = out_ranges_of(set.layers[0]);
       double set_log = 0.0;
       if (set.layers.size() == 2) {
-        const std::vector<double>& r2 = ranges_of(set.layers[1]).in;
+        const std::vector<double>& r2 = in_ranges_of(set.layers[1]);
         std::vector<double> s(r1.size());
         for (size_t c = 0; c < s.size(); ++c) {
           s[c] = guarded_scale(std::sqrt(r1[c] / r2[c]), r1[c], r2[c], options);
           set_log = std::max(set_log, std::abs(std::log(s[c])));
           total[k][0][c] *= s[c];
         }
-        multiply(set.layers[0], &LayerState::out_factor, s, true);
-        multiply(set.layers[1], &LayerState::in_factor, s, false);
+        multiply(set.layers[0], true, s, true);
+        multiply(set.layers[1], false, s, false);
       } else {
-        const std::vector<double> r2 = ranges_of(set.layers[1]).out;
-        const std::vector<double>& r3 = ranges_of(set.layers[2]).in;
+        const std::vector<double> r2 = out_ranges_of(set.layers[1]);
+        const std::vector<double>& r3 = in_ranges_of(set.layers[2]);
         std::vector<double> s12(r1.size()), s23(r1.size());
         for (size_t c = 0; c < r1.size(); ++c) {
           const double cube = std::cbrt(r1[c] * r2[c] * r3[c]);
@@ -195,10 +221,10 @@ ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, con
           total[k][0][c] *= s12[c];
           total[k][1][c] *= s23[c];
         }
-        multiply(set.layers[0], &LayerState::out_factor, s12, true);
-        multiply(set.layers[1], &LayerState::in_factor, s12, false);  // depthwise: in channel c = out channel c
-        multiply(set.layers[1], &LayerState::out_factor, s23, true);
-        multiply(set.layers[2], &LayerState::in_factor, s23, false);
+        multiply(set.layers[0], true, s12, true);
+        multiply(set.layers[1], false, s12, false);  // depthwise: in channel c = out channel c
+        multiply(set.layers[1], true, s23, true);
+        multiply(set.layers[2], false, s23, false);
       }
       max_log = std::max(max_log, set_log);
       if (set_log >= options.tolerance)
@@ -210,10 +236,10 @@ ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, con
   }
   result.converged = std::none_of(dirty.begin(), dirty.end(), [](bool d) { return d; });
 
-  // Write: each weight once; biases and clip bounds follow the layer's output factor.
+  // Weights at commit (each once); biases and clip bounds follow the layer's output factor now.
   for (auto& [layer, st] : state) {
     Node& n = graph.nodes[layer];
-    scale_channels(n.weight, st.out_factor, st.in_factor);
+    tx.defer_scale(n.weight, st.out_factor, st.in_factor);
     multiply_bias(n, st.out_factor);
   }
   for (const auto& set : sets)

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "prequant/errors.h"
 #include "prequant/tensor.h"
@@ -101,6 +102,20 @@ struct ChannelWalk {
     }
   }
 
+  // Calls f(x, begin) for each row: the second*inner contiguous elements from `begin` that share
+  // the first-axis index x (fast paths stream a row instead of visiting (x, y) blocks).
+  template <class F>
+  void run_rows(F&& f) const {
+    const int64_t row = second * inner;
+    int64_t offset = 0;
+    for (int64_t p0 = 0; p0 < outer; ++p0)
+      for (int64_t x = 0; x < first; ++x)
+        for (int64_t p1 = 0; p1 < middle; ++p1) {
+          f(x, offset);
+          offset += row;
+        }
+  }
+
   // Calls f(x, y, o, i, begin, count): `count` contiguous elements from `begin` share (o, i).
   template <class F>
   void run(F&& f) const {
@@ -134,11 +149,33 @@ void walk(const Weight& w, F&& f) {
     walk_typed<double>(w, f);
 }
 
+// The bits of |x|: for non-negative IEEE values the unsigned order of the bits is the numeric
+// order (NaN above +Inf), so integer max — which vectorizes where a float max reduction does not
+// without -ffast-math — gives max |x| and keeps any NaN visible.
+template <class T>
+using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+template <class T>
+constexpr Bits<T> kAbsMask = static_cast<Bits<T>>(~Bits<T>(0) >> 1);
+
+template <class T>
+Bits<T> abs_bits(T x) {
+  Bits<T> b;
+  std::memcpy(&b, &x, sizeof b);
+  return b & kAbsMask<T>;
+}
+
+template <class T>
+T from_bits(Bits<T> b) {
+  T x;
+  std::memcpy(&x, &b, sizeof x);
+  return x;
+}
+
 template <class T>
 double max_abs(const T* p, int64_t n) {
-  T m = 0;
-  for (int64_t k = 0; k < n; ++k) m = std::max(m, std::abs(p[k]));
-  return static_cast<double>(m);
+  Bits<T> m = 0;
+  for (int64_t k = 0; k < n; ++k) m = std::max(m, abs_bits(p[k]));
+  return static_cast<double>(from_bits<T>(m));
 }
 
 }  // namespace
@@ -243,9 +280,17 @@ RangeMatrix::RangeMatrix(const Weight& w)
   const ChannelWalk& cw = tables_->walk;
   m_.assign(static_cast<size_t>(cw.first * cw.second), 0.0f);
   auto fill = [&](const auto* data) {
-    cw.run([&](int64_t x, int64_t y, int64_t, int64_t, int64_t begin, int64_t count) {
-      float& cell = m_[static_cast<size_t>(x * cw.second + y)];
-      cell = std::max(cell, static_cast<float>(max_abs(data + begin, count)));
+    // Row by row: cell (x, y) takes the max over the row's `inner` elements at y. With inner = 1
+    // (1x1 convs, linear layers) that is an elementwise max, which vectorizes.
+    cw.run_rows([&](int64_t x, int64_t begin) {
+      float* cell = m_.data() + x * cw.second;
+      const auto* p = data + begin;
+      if (cw.inner == 1) {
+        for (int64_t y = 0; y < cw.second; ++y) cell[y] = std::max(cell[y], static_cast<float>(std::abs(p[y])));
+      } else {
+        for (int64_t y = 0; y < cw.second; ++y)
+          cell[y] = std::max(cell[y], static_cast<float>(max_abs(p + y * cw.inner, cw.inner)));
+      }
     });
   };
   if (w.tensor.dtype == DType::Float32)
@@ -291,6 +336,92 @@ ChannelRanges RangeMatrix::ranges(std::span<const double> out_factor, std::span<
   return r;
 }
 
+void visit_out_channels(const Weight& w, const std::function<void(int64_t, std::span<const double>)>& visit) {
+  std::vector<double> buffer;
+  walk(w, [&](int64_t o, int64_t, auto* p, int64_t n) {
+    using T = std::remove_pointer_t<decltype(p)>;
+    if constexpr (std::is_same_v<T, double>) {
+      visit(o, std::span<const double>(p, static_cast<size_t>(n)));
+    } else {
+      buffer.assign(p, p + n);
+      visit(o, std::span<const double>(buffer));
+    }
+  });
+}
+
+void RangeMatrix::scale(std::span<const double> out_factor, std::span<const double> in_factor) {
+  const ChannelWalk& cw = tables_->walk;
+  for (int64_t x = 0; x < cw.first; ++x)
+    for (int64_t y = 0; y < cw.second; ++y) {
+      const int64_t o = cw.oa[x] + cw.ob[y], i = cw.ia[x] + cw.ib[y];
+      const double f = (out_factor.empty() ? 1.0 : out_factor[o]) * (in_factor.empty() ? 1.0 : in_factor[i]);
+      float& cell = m_[static_cast<size_t>(x * cw.second + y)];
+      cell = static_cast<float>(cell * std::abs(f));
+    }
+}
+
+struct ChannelScaling::Tables {
+  ChannelWalk walk;
+};
+
+ChannelScaling::ChannelScaling(const Weight& w, std::span<const double> out_factor,
+                               std::span<const double> in_factor)
+    : tables_(std::make_shared<Tables>(Tables{ChannelWalk(w)})), tensor_(w.tensor) {
+  out_.assign(static_cast<size_t>(w.out_channels()), 1.0);
+  in_.assign(static_cast<size_t>(w.in_channels()), 1.0);
+  if (!out_factor.empty()) {
+    if (out_factor.size() != out_.size())
+      throw GraphError("weight '" + w.tensor.name + "': " + std::to_string(out_factor.size()) +
+                           " output-channel factors for " + std::to_string(out_.size()) + " channels",
+                       w.tensor.name);
+    std::copy(out_factor.begin(), out_factor.end(), out_.begin());
+  }
+  if (!in_factor.empty()) {
+    if (in_factor.size() != in_.size())
+      throw GraphError("weight '" + w.tensor.name + "': " + std::to_string(in_factor.size()) +
+                           " input-channel factors for " + std::to_string(in_.size()) + " channels",
+                       w.tensor.name);
+    std::copy(in_factor.begin(), in_factor.end(), in_.begin());
+  }
+}
+
+namespace {
+template <class T>
+void apply_scaling(const ChannelWalk& cw, T* data, const std::vector<double>& out, const std::vector<double>& in) noexcept {
+  if (cw.plain) {
+    // One group: the row's channel is x on the first axis, y on the second.
+    const double* fx = cw.out_first ? out.data() : in.data();
+    const double* fy = cw.out_first ? in.data() : out.data();
+    cw.run_rows([&](int64_t x, int64_t begin) {
+      T* p = data + begin;
+      const double f = fx[x];
+      if (cw.inner == 1) {
+        for (int64_t y = 0; y < cw.second; ++y) p[y] = static_cast<T>(p[y] * (f * fy[y]));
+      } else {
+        for (int64_t y = 0; y < cw.second; ++y) {
+          const double g = f * fy[y];
+          T* q = p + y * cw.inner;
+          for (int64_t k = 0; k < cw.inner; ++k) q[k] = static_cast<T>(q[k] * g);
+        }
+      }
+    });
+    return;
+  }
+  cw.run([&](int64_t, int64_t, int64_t o, int64_t i, int64_t begin, int64_t count) {
+    const double g = out[o] * in[i];
+    T* q = data + begin;
+    for (int64_t k = 0; k < count; ++k) q[k] = static_cast<T>(q[k] * g);
+  });
+}
+}  // namespace
+
+void ChannelScaling::apply() const noexcept {
+  if (tensor_.dtype == DType::Float32)
+    apply_scaling(tables_->walk, static_cast<float*>(tensor_.data), out_, in_);
+  else
+    apply_scaling(tables_->walk, static_cast<double*>(tensor_.data), out_, in_);
+}
+
 std::vector<double> contract_in_channels(const Weight& w, std::span<const double> v) {
   std::vector<double> out(static_cast<size_t>(w.out_channels()), 0.0);
   walk(w, [&](int64_t o, int64_t i, auto* p, int64_t n) {
@@ -301,18 +432,28 @@ std::vector<double> contract_in_channels(const Weight& w, std::span<const double
   return out;
 }
 
-int64_t find_non_finite(const TensorView& t) {
-  const int64_t n = t.numel();
-  if (t.dtype == DType::Float32) {
-    const float* p = static_cast<const float*>(t.data);
-    for (int64_t i = 0; i < n; ++i)
-      if (!std::isfinite(p[i])) return i;
-  } else {
-    const double* p = static_cast<const double*>(t.data);
-    for (int64_t i = 0; i < n; ++i)
-      if (!std::isfinite(p[i])) return i;
+namespace {
+// Scans blocks with a branch-free test (exponent bits all ones = NaN or ±Inf), which vectorizes;
+// only a block that holds one is searched element by element.
+template <class T>
+int64_t find_non_finite_typed(const T* p, int64_t n) {
+  constexpr Bits<T> exponent = kAbsMask<T> & ~(kAbsMask<T> >> (sizeof(T) == 4 ? 8 : 11));
+  constexpr int64_t block = 4096;
+  for (int64_t start = 0; start < n; start += block) {
+    const int64_t end = std::min(n, start + block);
+    Bits<T> bad = 0;
+    for (int64_t i = start; i < end; ++i) bad |= static_cast<Bits<T>>((abs_bits(p[i]) & exponent) == exponent);
+    if (bad)
+      for (int64_t i = start; i < end; ++i)
+        if (!std::isfinite(p[i])) return i;
   }
   return -1;
+}
+}  // namespace
+
+int64_t find_non_finite(const TensorView& t) {
+  if (t.dtype == DType::Float32) return find_non_finite_typed(static_cast<const float*>(t.data), t.numel());
+  return find_non_finite_typed(static_cast<const double*>(t.data), t.numel());
 }
 
 }  // namespace prequant

@@ -2,6 +2,7 @@
 #include "transaction.h"
 
 #include <cstring>
+#include <unordered_map>
 
 #include "prequant/errors.h"
 #include "prequant/testing.h"
@@ -18,6 +19,8 @@ struct TransactionJournal {
     std::vector<unsigned char> bytes;
   };
   std::vector<Saved> tensors;
+  std::vector<DeferredScale> deferred;
+  std::unordered_map<const void*, size_t> deferred_index;  // weight data → deferred[...]
 };
 
 Transaction::Transaction(Graph& graph) : graph_(graph) {
@@ -26,7 +29,7 @@ Transaction::Transaction(Graph& graph) : graph_(graph) {
     owner_ = false;
     return;
   }
-  journal_ = new TransactionJournal{graph.nodes, graph.graph_inputs, graph.graph_outputs, {}, {}, {}};
+  journal_ = new TransactionJournal{graph.nodes, graph.graph_inputs, graph.graph_outputs, {}, {}, {}, {}, {}};
   graph.journal_ = journal_;
   owner_ = true;
 }
@@ -54,7 +57,39 @@ bool Transaction::first_check(const TensorView& tensor) {
   return !tensor.empty() && journal_->checked.insert(tensor.data).second;
 }
 
-void Transaction::commit() { committed_ = true; }
+void Transaction::defer_scale(const Weight& weight, std::span<const double> out_factor,
+                              std::span<const double> in_factor) {
+  auto [it, added] = journal_->deferred_index.emplace(weight.tensor.data, journal_->deferred.size());
+  if (added)
+    journal_->deferred.push_back({weight, std::vector<double>(static_cast<size_t>(weight.out_channels()), 1.0),
+                                  std::vector<double>(static_cast<size_t>(weight.in_channels()), 1.0)});
+  DeferredScale& d = journal_->deferred[it->second];
+  if ((!out_factor.empty() && out_factor.size() != d.out.size()) || (!in_factor.empty() && in_factor.size() != d.in.size()))
+    throw GraphError("weight '" + weight.tensor.name + "': scale factors do not match its channel counts",
+                     weight.tensor.name);
+  for (size_t c = 0; c < out_factor.size(); ++c) d.out[c] *= out_factor[c];
+  for (size_t c = 0; c < in_factor.size(); ++c) d.in[c] *= in_factor[c];
+}
+
+const DeferredScale* Transaction::pending(const Weight& weight) const {
+  const auto it = journal_->deferred_index.find(weight.tensor.data);
+  return it == journal_->deferred_index.end() ? nullptr : &journal_->deferred[it->second];
+}
+
+void Transaction::commit() {
+  if (owner_) {
+    // Everything that can fail happens before the first weight write: preparing each scaling
+    // (allocation, layout checks) and the fault-injection points. The writes themselves cannot.
+    std::vector<ChannelScaling> writes;
+    writes.reserve(journal_->deferred.size());
+    for (const auto& d : journal_->deferred) {
+      detail::note_write();
+      writes.emplace_back(d.weight, d.out, d.in);
+    }
+    for (const auto& w : writes) w.apply();
+  }
+  committed_ = true;
+}
 
 namespace {
 int fail_after = -1;

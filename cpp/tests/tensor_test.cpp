@@ -148,6 +148,38 @@ TEST_P(ChannelRoutines, ScaleChannelsEmptyFactorsMeanOne) {
   EXPECT_EQ(read_all(w_.tensor), mid);
 }
 
+// ChannelScaling: prepared, then applied; the same bits as the exact product rounded once, and
+// nothing written before apply().
+TEST_P(ChannelRoutines, ChannelScalingAppliesBothFactorsOnce) {
+  const auto& c = GetParam();
+  const auto before = read_all(w_.tensor);
+  const auto fo = model_.uniform(c.out, -10.0, 10.0), fi = model_.uniform(c.in, 0.1, 10.0);
+  const prequant::ChannelScaling scaling(w_, fo, fi);
+  EXPECT_EQ(read_all(w_.tensor), before);
+  scaling.apply();
+  int wrong = 0;
+  for_each_weight_element(c.layout, shape_, c.groups, [&](int64_t o, int64_t i, int64_t idx) {
+    const double exact = before[idx] * (fo[o] * fi[i]);
+    wrong += read(w_.tensor, idx) != (c.dtype == DType::Float32 ? double(float(exact)) : exact);
+  });
+  EXPECT_EQ(wrong, 0);
+  EXPECT_THROW(prequant::ChannelScaling(w_, std::vector<double>(c.out + 1, 1.0), {}), prequant::GraphError);
+}
+
+// RangeMatrix::scale: the matrix of the rescaled weight (negative factors count by magnitude).
+TEST_P(ChannelRoutines, RangeMatrixScaleEqualsMatrixOfScaledWeight) {
+  const auto& c = GetParam();
+  const auto fo = model_.uniform(c.out, -10.0, 10.0), fi = model_.uniform(c.in, 0.1, 10.0);
+  prequant::RangeMatrix matrix(w_);
+  matrix.scale(fo, fi);
+  prequant::ChannelScaling(w_, fo, fi).apply();
+  const prequant::RangeMatrix direct(w_);
+  const std::vector<double> one_o(c.out, 1.0), one_i(c.in, 1.0);
+  const auto a = matrix.ranges(one_o, one_i), b = direct.ranges(one_o, one_i);
+  for (int64_t o = 0; o < c.out; ++o) EXPECT_NEAR(a.out[o], b.out[o], 1e-6 * b.out[o]) << "out " << o;
+  for (int64_t i = 0; i < c.in; ++i) EXPECT_NEAR(a.in[i], b.in[i], 1e-6 * b.in[i]) << "in " << i;
+}
+
 // RangeMatrix: the ranges of W·diag(out_factor)·diag(in_factor) without touching W.
 TEST_P(ChannelRoutines, RangeMatrixPredictsRangesUnderFactors) {
   const auto& c = GetParam();
@@ -178,6 +210,7 @@ TEST_P(ChannelRoutines, RangeMatrixPredictsRangesUnderFactors) {
 const LayoutCase kCases[] = {
     {"torch_conv2d", FrameworkLayout::TorchConv, 6, 4, 1, {3, 3}},
     {"torch_conv1d", FrameworkLayout::TorchConv, 3, 5, 1, {4}},
+    {"torch_conv2d_1x1", FrameworkLayout::TorchConv, 37, 11, 1, {1, 1}},
     {"torch_conv3d", FrameworkLayout::TorchConv, 4, 6, 2, {2, 3, 2}},
     {"torch_conv2d_grouped", FrameworkLayout::TorchConv, 6, 9, 3, {3, 2}},
     {"torch_conv2d_depthwise", FrameworkLayout::TorchConv, 5, 5, 5, {3, 3}},
@@ -300,6 +333,12 @@ TEST(FindNonFinite, FindsNanAndInfinities) {
     write(t, 5, 0.0);
     write(t, 7, -std::numeric_limits<double>::infinity());
     EXPECT_EQ(prequant::find_non_finite(t), 7);
+    // Past the first block of the vectorized scan, and the first of several in a block.
+    TensorView big = m.make_tensor("big", {10000}, dt, m.uniform(10000, -1, 1));
+    EXPECT_EQ(prequant::find_non_finite(big), -1);
+    write(big, 9001, std::numeric_limits<double>::infinity());
+    write(big, 9999, std::numeric_limits<double>::quiet_NaN());
+    EXPECT_EQ(prequant::find_non_finite(big), 9001);
     // Large but finite values are fine.
     write(t, 7, dt == DType::Float32 ? 3.0e38 : 1.0e308);
     EXPECT_EQ(prequant::find_non_finite(t), -1);

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -92,12 +93,33 @@ class RangeMatrix {
  public:
   explicit RangeMatrix(const Weight& w);  // one read pass over w
   ChannelRanges ranges(std::span<const double> out_factor, std::span<const double> in_factor) const;
+  // The matrix of W·diag(out_factor)·diag(in_factor) (factors may be negative; empty = ones).
+  void scale(std::span<const double> out_factor, std::span<const double> in_factor);
 
  private:
   struct Tables;
   std::shared_ptr<const Tables> tables_;
   std::vector<float> m_;
   int64_t out_channels_, in_channels_;
+};
+
+// Calls visit(o, run) for every contiguous run of W's elements whose output channel is o, in
+// memory order; `run` holds them as doubles (valid only during the call). Read-only: for
+// statistics over each output channel's elements (weight_stats.h).
+void visit_out_channels(const Weight& w, const std::function<void(int64_t, std::span<const double>)>& visit);
+// W[o, i, ...] *= out_factor[o] · in_factor[i], prepared now and applied later: the constructor
+// checks the layout and sizes and allocates; apply() cannot fail, so a caller can prepare every
+// write before making the first (what lets a transaction skip backing weights up).
+class ChannelScaling {
+ public:
+  ChannelScaling(const Weight& w, std::span<const double> out_factor, std::span<const double> in_factor);
+  void apply() const noexcept;
+
+ private:
+  struct Tables;
+  std::shared_ptr<const Tables> tables_;
+  TensorView tensor_;
+  std::vector<double> out_, in_;
 };
 
 // result[o] = Σ_i Σ_k W[o, i, k] · v[i]  (v indexed by full input channel); in double.
