@@ -12,6 +12,9 @@
 //
 // Activations are channel-first: (N, C) for linear layers, (N, C, d0[, d1[, d2]]) for convs,
 // whatever the weight layout is.
+//
+// Definitions: reference_model.cpp (layouts, ranges, builder, snapshots), reference_forward.cpp
+// (the forward pass and error measures).
 #pragma once
 
 #include <cstdint>

@@ -21,7 +21,7 @@ Conventions shared by every class:
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -148,32 +148,33 @@ def _tensor_sequence(tensors: Sequence[Any]) -> Sequence[Any]:
     return tensors
 
 
-class Concat(nn.Module):
+class _JoinAlongDim(nn.Module):
+    """Shared body of ``Concat`` and ``Stack``: ``join(tensors, dim)``; each subclass names
+    its ``join`` and keeps its own class name in printed models."""
+
+    join: Callable[..., torch.Tensor]
+
+    def __init__(self, dim: int = 0) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.join(_tensor_sequence(tensors), dim=self.dim)
+
+    def extra_repr(self) -> str:
+        return _attrs_repr(dim=self.dim)
+
+
+class Concat(_JoinAlongDim):
     """``torch.cat(tensors, dim)``; ``forward(*tensors)``."""
 
-    def __init__(self, dim: int = 0) -> None:
-        super().__init__()
-        self.dim = dim
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return torch.cat(_tensor_sequence(tensors), dim=self.dim)
-
-    def extra_repr(self) -> str:
-        return _attrs_repr(dim=self.dim)
+    join = staticmethod(torch.cat)
 
 
-class Stack(nn.Module):
+class Stack(_JoinAlongDim):
     """``torch.stack(tensors, dim)``; ``forward(*tensors)``."""
 
-    def __init__(self, dim: int = 0) -> None:
-        super().__init__()
-        self.dim = dim
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return torch.stack(_tensor_sequence(tensors), dim=self.dim)
-
-    def extra_repr(self) -> str:
-        return _attrs_repr(dim=self.dim)
+    join = staticmethod(torch.stack)
 
 
 class Reshape(nn.Module):
@@ -230,7 +231,10 @@ class Transpose(nn.Module):
 
 
 class _Reduction(nn.Module):
-    """Shared attributes of ``Mean`` and ``Sum``: ``dim=None`` reduces over all elements."""
+    """Shared body of ``Mean`` and ``Sum``: ``reduce(input, dim, keepdim, dtype=dtype)``;
+    ``dim=None`` reduces over all elements."""
+
+    reduce: Callable[..., torch.Tensor]
 
     def __init__(
         self, dim: Any = None, keepdim: bool = False, dtype: Optional[torch.dtype] = None
@@ -240,6 +244,11 @@ class _Reduction(nn.Module):
         self.keepdim = keepdim
         self.dtype = dtype
 
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.dim is None and not self.keepdim:
+            return self.reduce(input, dtype=self.dtype)  # the overload x.mean() / x.sum() calls
+        return self.reduce(input, self.dim, self.keepdim, dtype=self.dtype)
+
     def extra_repr(self) -> str:
         return _attrs_repr(dim=self.dim, keepdim=self.keepdim, dtype=self.dtype)
 
@@ -247,19 +256,13 @@ class _Reduction(nn.Module):
 class Mean(_Reduction):
     """``torch.mean(input, dim, keepdim, dtype=dtype)``."""
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if self.dim is None and not self.keepdim:
-            return torch.mean(input, dtype=self.dtype)  # the overload x.mean() calls
-        return torch.mean(input, self.dim, self.keepdim, dtype=self.dtype)
+    reduce = staticmethod(torch.mean)
 
 
 class Sum(_Reduction):
     """``torch.sum(input, dim, keepdim, dtype=dtype)``."""
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if self.dim is None and not self.keepdim:
-            return torch.sum(input, dtype=self.dtype)  # the overload x.sum() calls
-        return torch.sum(input, self.dim, self.keepdim, dtype=self.dtype)
+    reduce = staticmethod(torch.sum)
 
 
 class Clamp(nn.Module):

@@ -23,7 +23,7 @@ so a quantizer sees every operation as its own module. Steps:
    (``relu_1``, ``conv1_1``). Modules holding parameters or buffers are kept shared
    instead when ``unroll_shared_weights=False``. And, in the same pass in graph order:
 3. Replace functionals and tensor methods by modules, using the rules in
-   ``op_conversions.py`` (matched by the function object / method name). A rule that
+   ``op_conversions/`` (matched by the function object / method name). A rule that
    cannot preserve the model's output exactly declines, and the node stays as is.
    Parameters a functional read (``F.conv2d(x, self.weight)``) move into the new
    module; a parameter read in several places is copied or shared like a reused module.
@@ -46,17 +46,8 @@ import torch
 from torch import fx, nn
 from torch.fx.proxy import TraceError
 
-from .op_conversions import (
-    ConversionContext,
-    Decline,
-    Replacement,
-    Rule,
-    describe_target,
-    find_rule,
-    find_size_nodes,
-    reason_kept,
-    register_optional_rules,
-)
+from .op_conversions.base import ConversionContext, Decline, Replacement, Rule, find_size_nodes
+from .op_conversions.registry import describe_target, find_rule, reason_kept, register_optional_rules
 from .prepare_summary import Conversion, KeptOp, PrepareSummary, Unrolling
 
 __all__ = ["PrepareError", "PrepareSummary", "prepare_model"]
