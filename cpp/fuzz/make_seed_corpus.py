@@ -140,6 +140,19 @@ def helper_seeds() -> dict[str, onnx.ModelProto]:
     y3 = b.node("Conv", [b.node("Relu", [b.node("Conv", [y2, wid])]), "cw"])
     seeds["shared_identity_constant"] = b.model([1, 4, 4, 4], y3)
 
+    # weights that are no initializers: a graph input, a DequantizeLinear output, a BN mean fed
+    # at run time (the layers stay opaque with a reason)
+    b = Builder(16)
+    y = b.node("Relu", [b.bn(b.node("Conv", ["x", "w_in"]), 4)])
+    wq = b.init("wq", b.rng.integers(-127, 128, (4, 4, 1, 1)), np.int8)
+    y = b.node("Conv", [y, b.node("DequantizeLinear", [wq, b.init("ws", 0.02)])])
+    y = b.node("BatchNormalization", [y, b.init("g", np.ones(4)), b.init("b", np.zeros(4)), "mean_in",
+                                      b.init("v", np.ones(4))])
+    y = b.node("MatMul", [y, b.node("Identity", ["w_in2"])])
+    inputs = {"x": [1, 4, 4, 4], "w_in": [4, 4, 1, 1], "mean_in": [4], "w_in2": [4, 4]}
+    seeds["weights_not_initializers"] = b.model(None, y, inputs=[
+        helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in inputs.items()])
+
     # an If whose branches hold convs reading an outer initializer and the outer activation
     b = Builder(9)
     y = b.node("Relu", [b.conv("x", 3, 3)])

@@ -170,9 +170,18 @@ std::vector<std::string> load_external_data(pb::ModelProto& model, const std::st
 
 std::string externalize_initializers(pb::ModelProto& model, const std::string& data_name,
                                      int64_t threshold) {
+  auto moves = [&](const pb::TensorProto& t) {
+    return t.has_raw_data() && static_cast<int64_t>(t.raw_data().size()) >= threshold;
+  };
+  // Reserve the whole file: growing a multi-GB string by doubling would hold up to twice the
+  // weights at once (and copy them) on top of the model.
+  size_t total = 0;
+  for (const auto& t : model.graph().initializer())
+    if (moves(t)) total = (total + 63) / 64 * 64 + t.raw_data().size();
   std::string data;
+  data.reserve(total);
   for (auto& t : *model.mutable_graph()->mutable_initializer()) {
-    if (!t.has_raw_data() || static_cast<int64_t>(t.raw_data().size()) < threshold) continue;
+    if (!moves(t)) continue;
     while (data.size() % 64) data.push_back('\0');
     const size_t offset = data.size();
     data += t.raw_data();

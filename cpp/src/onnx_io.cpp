@@ -29,6 +29,14 @@ std::string read_file(const std::string& path) {
     throw ModelFormatError("cannot read '" + path + "': no such file");
   if (fs::is_directory(path, ec))
     throw ModelFormatError("cannot read '" + path + "': it is a directory, not an .onnx file");
+  // Refuse before reading: protobuf cannot parse a message over 2 GB, so the bytes would be
+  // read (and held twice) for nothing.
+  const auto size = fs::file_size(path, ec);
+  if (!ec && size > static_cast<uintmax_t>(INT_MAX))
+    throw ModelFormatError("'" + path + "' is " + std::to_string(size >> 20) +
+                           " MB, larger than the 2 GB protobuf can parse; save the model with its "
+                           "weights as external data (onnx.save_model(model, path, "
+                           "save_as_external_data=True)) and pass that .onnx file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw ModelFormatError("cannot open '" + path + "' for reading");
   std::ostringstream buffer;

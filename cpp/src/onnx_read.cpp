@@ -227,6 +227,12 @@ class Reader {
   std::string map_pad(const pb::NodeProto& n, int idx, Node& node, Binding& b);
   std::string map_pool(const pb::NodeProto& n, Node& node);
   std::string require_channels_on_axis1(const pb::NodeProto& n, const std::string& x) const;
+  std::string not_stored(const std::string& what, const std::string& tensor) const;
+  // The tensor an Identity chain starting at `name` copies (`name` itself if none).
+  std::string through_identities(const std::string& name) const;
+  // Produced (through Identity nodes) by a Constant or DequantizeLinear node: a weight, not an
+  // activation, although no initializer.
+  bool holds_constant_weight(const std::string& tensor) const;
 };
 
 void Reader::index_graph() {
@@ -277,10 +283,14 @@ void Reader::index_graph() {
   for (int i = 0; i < n; ++i) {
     const auto& node = g_.node(i);
     auto check = [&](const std::string& t) {
-      if (!defined.count(t) && !producer_.count(t))
-        throw ModelFormatError("node '" + node.name() + "' (" + node.op_type() + ") reads '" + t +
-                               "', which no node, graph input or initializer defines; the model "
-                               "is damaged or incomplete");
+      if (!defined.count(t) && !producer_.count(t)) {
+        const std::string label = node.name().empty() ? "#" + std::to_string(i) : node.name();
+        throw ModelFormatError(node.op_type() + " node '" + label + "' reads '" + t +
+                                   "', which no node, graph input or initializer defines: the model "
+                                   "is incomplete (a missing initializer?); re-export it, or add "
+                                   "the missing tensor",
+                               label);
+      }
       ++use_count_[t];
     };
     for (const auto& t : node.input())
@@ -476,10 +486,49 @@ std::string Reader::require_channels_on_axis1(const pb::NodeProto& n, const std:
   return {};
 }
 
+// Why a parameter input is no weight the engine can change: only initializers are, and this
+// one is fed at run time or computed by a node (a Constant, a DequantizeLinear, ...).
+std::string Reader::not_stored(const std::string& what, const std::string& tensor) const {
+  const std::string t = through_identities(tensor);
+  const std::string head = "its " + what + " '" + tensor + "' ";
+  if (graph_input_.count(t))
+    return head + "is a graph input, fed at run time, not an initializer: prequant changes only "
+                  "weights stored in the model (export with the weights as initializers, e.g. "
+                  "torch.onnx.export(..., export_params=True))";
+  auto it = producer_.find(t);
+  if (it == producer_.end()) return head + "is not an initializer";
+  const pb::NodeProto& p = g_.node(it->second);
+  const std::string by = p.op_type() + " node '" + (p.name().empty() ? t : p.name()) + "'";
+  if (default_domain(p) && p.op_type() == "Constant")
+    return head + "is the output of " + by + ", not an initializer: prequant folds and scales "
+                  "only initializers (store the constant as an initializer to have it equalized)";
+  if (p.op_type() == "DequantizeLinear")
+    return head + "is computed by " + by + ": the model is already quantized; equalize the "
+                  "float model before quantizing it";
+  return head + "is computed by " + by + ", not stored as an initializer";
+}
+
+std::string Reader::through_identities(const std::string& name) const {
+  std::string t = name;
+  for (int depth = 0; depth < 64; ++depth) {  // bounded, as resolve(): a damaged model may loop
+    auto it = identity_of_.find(t);
+    if (it == identity_of_.end()) break;
+    t = it->second;
+  }
+  return t;
+}
+
+bool Reader::holds_constant_weight(const std::string& tensor) const {
+  auto it = producer_.find(through_identities(tensor));
+  if (it == producer_.end()) return false;
+  const std::string& op = g_.node(it->second).op_type();
+  return op == "Constant" || op == "DequantizeLinear";
+}
+
 std::string Reader::map_conv(const pb::NodeProto& n, int idx, Node& node, Binding& b, bool transposed) {
   if (n.input_size() < 2 || n.output_size() != 1) return "it does not have the form (X, W[, B]) -> Y";
   const std::string& w = n.input(1);
-  if (!initializer(w)) return "its weight '" + w + "' is computed by the graph, not an initializer";
+  if (!initializer(w)) return not_stored("weight", w);
   const auto* wt = initializer(w);
   if (wt->dims_size() < 3 || wt->dims_size() > 5)
     return "its weight has rank " + std::to_string(wt->dims_size()) + "; 1-d to 3-d convs are supported";
@@ -490,7 +539,7 @@ std::string Reader::map_conv(const pb::NodeProto& n, int idx, Node& node, Bindin
   const bool has_bias = n.input_size() > 2 && !n.input(2).empty();
   if (has_bias) {
     const auto* bt = initializer(n.input(2));
-    if (!bt) return "its bias '" + n.input(2) + "' is computed by the graph, not an initializer";
+    if (!bt) return not_stored("bias", n.input(2));
     // ConvTranspose: O/g · g output channels; a damaged shape must not overflow the product.
     int64_t outs = wt->dims(0);
     if (transposed && __builtin_mul_overflow(wt->dims(1), groups, &outs))
@@ -534,13 +583,13 @@ std::string Reader::map_gemm(const pb::NodeProto& n, int idx, Node& node, Bindin
     return "alpha = " + std::to_string(alpha) + ", beta = " + std::to_string(beta) +
            "; only alpha = beta = 1 is a plain linear layer";
   const auto* bt = initializer(n.input(1));
-  if (!bt) return "its weight B '" + n.input(1) + "' is computed by the graph, not an initializer";
+  if (!bt) return not_stored("weight B", n.input(1));
   if (bt->dims_size() != 2) return "its weight B is not 2-d";
   const bool trans_b = attr_int(n, "transB", 0) != 0;
   const int64_t outs = trans_b ? bt->dims(0) : bt->dims(1);
   if (has_c) {
     const auto* ct = initializer(n.input(2));
-    if (!ct) return "its bias C '" + n.input(2) + "' is computed by the graph, not an initializer";
+    if (!ct) return not_stored("bias C", n.input(2));
     if (ct->dims_size() != 1 || ct->dims(0) != outs)
       return "its bias C has shape " + shape_text({ct->dims().begin(), ct->dims().end()}) +
              "; only a 1-d bias of " + std::to_string(outs) + " values is a per-channel bias";
@@ -602,8 +651,7 @@ std::string Reader::map_batch_norm(const pb::NodeProto& n, int idx, Node& node, 
   static const char* names[] = {"scale", "B", "mean", "var"};
   for (int k = 1; k < 5; ++k) {
     const auto* t = initializer(n.input(k));
-    if (!t) return std::string("its ") + names[k - 1] + " '" + n.input(k) +
-                   "' is computed by the graph, not an initializer";
+    if (!t) return not_stored(names[k - 1], n.input(k));
     if (t->dims_size() != 1) return std::string("its ") + names[k - 1] + " is not 1-d";
     if (channels < 0) channels = t->dims(0);
     if (t->dims(0) != channels) return "its scale, B, mean and var have different lengths";
@@ -646,7 +694,7 @@ std::string Reader::map_clip(const pb::NodeProto& n, int idx, Node& node, Bindin
 std::string Reader::map_prelu(const pb::NodeProto& n, int idx, Node& node, Binding& b) {
   if (n.input_size() != 2 || n.output_size() != 1) return "it does not have the form (X, slope) -> Y";
   const auto* st = initializer(n.input(1));
-  if (!st) return "its slope '" + n.input(1) + "' is computed by the graph, not an initializer";
+  if (!st) return not_stored("slope", n.input(1));
   const std::vector<int64_t> dims(st->dims().begin(), st->dims().end());
   const int64_t numel = dims_numel(st->dims());
   if (numel != 1) {
@@ -765,6 +813,8 @@ void Reader::run() {
       why = map_gemm(n, idx, node, b);
     } else if (op == "MatMul" && n.input_size() == 2 && initializer(n.input(1))) {
       why = map_matmul(n, idx, node, b);
+    } else if (op == "MatMul" && n.input_size() == 2 && holds_constant_weight(n.input(1))) {
+      why = not_stored("right operand", n.input(1));  // a linear layer whose weight is no initializer
     } else if (op == "BatchNormalization") {
       why = map_batch_norm(n, idx, node, b);
     } else if (op == "Relu" || op == "Identity" || op == "LeakyRelu") {
