@@ -4,8 +4,9 @@
 
 For each repeat, a fresh copy of the model (random weights, randomized BN statistics) is built
 outside the timed region; then, timed: one NumPy copy of every parameter and buffer (the baseline: a plain memcpy into fresh memory), building the
-engine graph (zero-copy views), fold_batch_norms, scale_model (one pass as AIMET does, then to convergence), and the whole
-equalize_model pipeline on another fresh copy. Medians and ratios to the copy are printed as a
+engine graph (zero-copy views), fold_batch_norms, scale_model (one pass as AIMET does, then to
+convergence), and the whole equalize_model pipeline on another fresh copy (with and without
+high-bias absorption). Medians and ratios to the copy are printed as a
 Markdown table (docs/BENCHMARKS.md quotes it). Not a test: timings vary on shared machines.
 """
 
@@ -55,7 +56,8 @@ def main() -> None:
     rows: dict[str, list[float]] = {k: [] for k in ("copy weights once", "build engine graph",
                                                     "fold_batch_norms", "scale_model (CLS, one pass)",
                                                     "scale_model (CLS, converged)",
-                                                    "equalize_model (all passes)")}
+                                                    "equalize_model (default: no high-bias absorption)",
+                                                    "equalize_model + high-bias absorption")}
     for _ in range(args.repeats):
         model = copy.deepcopy(base)
         tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
@@ -69,7 +71,11 @@ def main() -> None:
         rows["scale_model (CLS, converged)"].append(timed(lambda: _core.scale_model(g, max_iterations=100)))
         model2 = copy.deepcopy(base)
         g2 = build_engine_graph(model2).graph
-        rows["equalize_model (all passes)"].append(timed(lambda: _core.equalize_model(g2)))
+        rows["equalize_model (default: no high-bias absorption)"].append(timed(lambda: _core.equalize_model(g2)))
+        model3 = copy.deepcopy(base)  # kept alive: the graph views its tensors
+        g3 = build_engine_graph(model3).graph
+        rows["equalize_model + high-bias absorption"].append(
+            timed(lambda: _core.equalize_model(g3, absorb_high_bias=True)))
     copy_median = statistics.median(rows["copy weights once"])
     print(f"{args.model}: {n_params / 1e6:.1f} M values, {args.repeats} repeats, "
           f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "

@@ -599,7 +599,8 @@ def test_equalize_model_preserves_function():
 
 def test_equalize_model_with_high_bias_absorption():
     m = ConvBnReluConv(seed=7)
-    result = _core.equalize_model(m.graph, relu6="replace", max_iterations=5, high_bias_sigmas=3.0)
+    result = _core.equalize_model(m.graph, relu6="replace", max_iterations=5, absorb_high_bias=True,
+                                  high_bias_sigmas=3.0)
     assert len(result.high_bias.absorbed) == 1
     assert result.unroll.copies == []
 

@@ -116,8 +116,14 @@ TEST(EqualizeModel, HighBiasAbsorptionApplied) {
   build_mobilenet(without);
   const auto r = prequant::equalize_model(with.graph, options(Relu6Policy::Bound, true));
   const auto r0 = prequant::equalize_model(without.graph, options(Relu6Policy::Bound, false));
-  ASSERT_EQ(r.high_bias.absorbed.size(), 6u);
-  EXPECT_TRUE(r.high_bias.declined.empty());
+  EXPECT_TRUE(r0.high_bias.absorbed.empty());
+  // Six pairs; the two into a padded depthwise (dw1, dw2) are declined, naming the border.
+  ASSERT_EQ(r.high_bias.absorbed.size(), 4u);
+  ASSERT_EQ(r.high_bias.declined.size(), 2u);
+  for (const auto& d : r.high_bias.declined) {
+    EXPECT_TRUE(d.nodes.at(1) == "dw1" || d.nodes.at(1) == "dw2") << d.nodes.at(1);
+    EXPECT_TRUE(contains(d.reason, "border")) << d.reason;
+  }
   // Same CLS either way (HBA runs after it).
   ASSERT_EQ(set_layers(r.cls), set_layers(r0.cls));
 
@@ -126,6 +132,7 @@ TEST(EqualizeModel, HighBiasAbsorptionApplied) {
   size_t pair_index = 0;
   for (const auto& s : r.cls.sets)
     for (const auto& p : s.pairs) {
+      if (p.layer2 == "dw1" || p.layer2 == "dw2") continue;
       const auto& a = r.high_bias.absorbed.at(pair_index++);
       ASSERT_EQ(a.layer1, p.layer1);
       ASSERT_EQ(a.layer2, p.layer2);
@@ -144,10 +151,13 @@ TEST(EqualizeModel, HighBiasAbsorptionApplied) {
         EXPECT_NEAR(a.amount[k], c, 1e-9 * (1 + std::abs(c))) << p.layer1 << " channel " << k;
       }
     }
-  // conv0 is only ever a layer1: its bias dropped by exactly c.
-  const auto& c0 = r.high_bias.absorbed.at(0).amount;
-  const auto b_with = read_all(with.node("conv0").bias), b_without = read_all(without.node("conv0").bias);
-  for (size_t k = 0; k < c0.size(); ++k) EXPECT_NEAR(b_with[k], b_without[k] - c0[k], 1e-5 * (1 + std::abs(c0[k])));
+  // dw2 is the layer1 of one absorption and the layer2 only of a declined one: its bias dropped
+  // by exactly c.
+  const auto& cdw2 = r.high_bias.absorbed.at(2).amount;
+  ASSERT_EQ(r.high_bias.absorbed.at(2).layer1, "dw2");
+  const auto b_with = read_all(with.node("dw2").bias), b_without = read_all(without.node("dw2").bias);
+  for (size_t k = 0; k < cdw2.size(); ++k)
+    EXPECT_NEAR(b_with[k], b_without[k] - cdw2[k], 1e-5 * (1 + std::abs(cdw2[k])));
   // fc is only ever a layer2: its bias rose by W_fc·c.
   const auto& cpw2 = r.high_bias.absorbed.back().amount;
   const auto& wfc = without.node("fc").weight;
@@ -244,10 +254,10 @@ TEST(EqualizeModel, UnrollsSharedWeightsFirst) {
 TEST(EqualizeModel, SecondRunFindsNothingToFoldOrAbsorb) {
   RefModel m(131);
   build_mobilenet(m);
-  prequant::equalize_model(m.graph);
+  prequant::equalize_model(m.graph, options(Relu6Policy::Bound, true));
   const auto inputs = m.random_inputs(2, 5, 2.0);
   const auto before = m.forward(inputs);
-  const auto r = prequant::equalize_model(m.graph);
+  const auto r = prequant::equalize_model(m.graph, options(Relu6Policy::Bound, true));
   EXPECT_TRUE(r.fold.folded.empty());
   EXPECT_TRUE(r.high_bias.absorbed.empty());
   EXPECT_EQ(r.high_bias.declined.size(), 6u);

@@ -149,7 +149,7 @@ TEST(Atomicity, ScaleClsSetsReplace) {
 void build_hba_model(RefModel& m) {
   auto y = m.conv("c1", m.input("x", {3, 6, 6}), conv_spec(3, 4, {3, 3}, {1, 1}));
   y = m.clip("a1", m.batch_norm("bn1", y, 4), 0, 6);
-  ConvSpec s = conv_spec(4, 5, {3, 3}, {1, 1});
+  ConvSpec s = conv_spec(4, 5, {3, 3});  // unpadded: absorption into a padded layer is declined
   s.bias = false;
   y = m.conv("c2", y, s);
   y = m.relu("r2", m.batch_norm("bn2", y, 5));
@@ -230,6 +230,7 @@ void check_equalize_atomic(Relu6Policy policy, uint32_t seed) {
   o.cls.relu6 = policy;
   o.cls.max_iterations = 3;
   o.cls.tolerance = 0;
+  o.absorb_high_bias = true;
   const int failures = expect_atomic(m, twin, [&](RefModel& x) {
     const auto r = prequant::equalize_model(x.graph, o);
     EXPECT_EQ(r.unroll.copies.size(), 1u);

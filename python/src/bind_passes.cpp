@@ -211,7 +211,7 @@ void bind_passes(nb::module_& m) {
         return run_without_gil(g, [&](Graph& graph) { return equalize_model(graph, o); });
       },
       "graph"_a, "relu6"_a = "bound", "max_iterations"_a = 100, "tolerance"_a = 1e-6, "min_scale"_a = 1e-6,
-      "max_scale"_a = 1e6, "fold"_a = true, "absorb_high_bias"_a = true, "high_bias_sigmas"_a = 3.0,
+      "max_scale"_a = 1e6, "fold"_a = true, "absorb_high_bias"_a = false, "high_bias_sigmas"_a = 3.0,
       "Unroll, fold, ReLU6 policy, cross-layer scaling and high-bias absorption in one call.");
 }
 

@@ -253,9 +253,11 @@ def test_high_bias_absorption_applied_and_close():
     model = mobile_block()
     x = inputs_for(model, batch=4)
     ref = run(model, x)
-    eq, result = equalize_model(model, return_result=True)
+    eq, result = equalize_model(model, absorb_high_bias=True, return_result=True)
     assert result.high_bias.absorbed, result.explain()
     assert rel_err(run(eq, x), ref) < 0.5  # the 3σ rule is an approximation
+    _, default = equalize_model(model, return_result=True)
+    assert not default.high_bias.absorbed and not default.high_bias.declined  # off by default
 
 
 @pytest.mark.parametrize("dims", [1, 3])
@@ -470,9 +472,10 @@ def test_scale_model_in_place_relu6_policies_and_refusal():
 
 def test_bounded_relu_bounds_follow_in_place_scaling_and_bias_fold():
     """Random function-preserving rescaling (1e-2..1e2) through a BoundedReLU, undone in place;
-    then high-bias absorption lowers the bounds with the bias it moves."""
+    then high-bias absorption lowers the bounds with the bias it moves (into the unpadded pw:
+    a padded dw is declined)."""
     model = mobile_block()
-    model.get_layer("bn1").beta.assign(np.full(8, 4.0, "float32"))
+    model.get_layer("bn2").beta.assign(np.full(8, 4.0, "float32"))
     eq = equalize_model(model, absorb_high_bias=False)
     conv1, act1, dw = eq.get_layer("conv1"), eq.get_layer("act1"), eq.get_layer("dw")
     s = 10 ** RNG.uniform(-2, 2, 8)
@@ -486,12 +489,14 @@ def test_bounded_relu_bounds_follow_in_place_scaling_and_bias_fold():
     assert eq.get_layer("act1") is act1
     np.testing.assert_allclose(out_ranges(conv1), out_ranges(dw), rtol=1e-4)
     assert rel_err(run(eq, x), ref) < 1e-4
-    upper_before = act1.upper.numpy().copy()
-    HighBiasFold.bias_fold(infos, {conv1: model.get_layer("bn1")})
+    act2 = eq.get_layer("act2")
+    upper_before = act2.upper.numpy().copy()
+    HighBiasFold.bias_fold(infos, {conv1: model.get_layer("bn1"), dw: model.get_layer("bn2")})
     absorbed = {(a.layer1, a.layer2): a.amount for a in HighBiasFold.last_result.absorbed}
-    c = absorbed[("conv1", "dw")]
+    assert ("conv1", "dw") not in absorbed
+    c = absorbed[("dw", "pw")]
     assert c.max() > 0
-    np.testing.assert_allclose(act1.upper.numpy(), upper_before - c, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(act2.upper.numpy(), upper_before - c, rtol=1e-5, atol=1e-5)
 
 
 def test_manual_scale_cls_sets_and_info_list():
@@ -602,8 +607,8 @@ def test_torch_and_keras_come_out_with_the_same_weights():
     xk = np.transpose(xt.numpy(), (0, 2, 3, 1))
     np.testing.assert_allclose(run(km, xk), np.transpose(np_(tm(xt)), (0, 2, 3, 1)), rtol=1e-4, atol=1e-5)
 
-    t_result = torch_equalize(tm)  # in place; relu6='bound', high-bias absorption on
-    keq, k_result = equalize_model(km, return_result=True)
+    t_result = torch_equalize(tm, absorb_high_bias=True)  # in place; relu6='bound'
+    keq, k_result = equalize_model(km, absorb_high_bias=True, return_result=True)
     assert [s.layers for s in k_result.cls.sets] == [["conv1", "dw", "pw"]]
     assert len(t_result.cls.sets) == 1 and t_result.high_bias.absorbed and k_result.high_bias.absorbed
 

@@ -112,10 +112,13 @@ def test_high_bias_absorption_applied_and_close():
     model = make_block()
     x = torch.randn(4, 3, 16, 16)
     ref = model(x)
-    result = equalize_model(model)
+    result = equalize_model(model, absorb_high_bias=True)
     assert result.high_bias.absorbed, result.explain()
     # An approximation (3σ); outputs stay close on typical inputs.
     assert rel_err(model(x), ref) < 0.5
+    # Off by default.
+    default = equalize_model(make_block())
+    assert not default.high_bias.absorbed and not default.high_bias.declined
 
 
 def test_stepwise_api_like_aimet():
@@ -214,16 +217,22 @@ def test_random_rescaling_is_undone():
 
 def test_stepwise_bound_policy_keeps_bounds_exact_through_bias_fold():
     """scale_model with the 'bound' policy, then bias_fold: the BoundedReLU bounds drop with the
-    bias, so outputs stay equal on inputs where pre-activations stay above the absorbed amount."""
+    bias, so outputs stay equal on inputs where pre-activations stay above the absorbed amount.
+    The pair into the padded depthwise is declined (its border would miss the shift)."""
     model = make_block()
+    with torch.no_grad():
+        model.bn2.bias.fill_(4.0)  # β well above 3|γ| somewhere: something to absorb
     pairs = fold_all_batch_norms(model)
     infos = CrossLayerScaling.scale_model(model)
-    assert isinstance(model.act1, BoundedReLU)
-    upper_before = model.act1.upper.clone()
+    assert isinstance(model.act2, BoundedReLU)
+    upper_before = model.act2.upper.clone()
     HighBiasFold.bias_fold(infos, {layer: bn for layer, bn in pairs})
     absorbed = {(a.layer1, a.layer2): a.amount for a in HighBiasFold.last_result.absorbed}
-    c = torch.as_tensor(absorbed[("conv1", "dw")], dtype=torch.float32)
-    assert torch.allclose(model.act1.upper, upper_before - c, atol=1e-5)
+    assert ("conv1", "dw") not in absorbed
+    assert any("border" in d.reason for d in HighBiasFold.last_result.declined)
+    c = torch.as_tensor(absorbed[("dw", "pw")], dtype=torch.float32)
+    assert c.max() > 0
+    assert torch.allclose(model.act2.upper, upper_before - c, atol=1e-5)
 
 
 def test_one_channel_layers_and_nothing_to_do():

@@ -42,9 +42,9 @@ def test_torch_api_and_onnx_cli_agree(tmp_path, relu6):
     model = make_block()
     exported = copy.deepcopy(model)
     _export(exported, tmp_path / "in.onnx")
-    equalize_model(model, relu6=relu6)
+    equalize_model(model, relu6=relu6, absorb_high_bias=True)
     subprocess.run([_cli(), "equalize", str(tmp_path / "in.onnx"), "-o", str(tmp_path / "out.onnx"),
-                    "--relu6", relu6], check=True, capture_output=True)
+                    "--relu6", relu6, "--high-bias"], check=True, capture_output=True)
     out = onnx.load(str(tmp_path / "out.onnx"))
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in out.graph.initializer}
     compared = 0

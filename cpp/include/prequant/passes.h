@@ -35,7 +35,9 @@ struct ClsOptions {
 struct EqualizeOptions {
   ClsOptions cls{Relu6Policy::Bound, 100, 1e-6, 1e-6, 1e6};
   bool fold = true;
-  bool absorb_high_bias = true;
+  // Off by default: high-bias absorption only approximates the function (the 3σ rule), and on
+  // EfficientNet-Lite0 it did not improve INT8 accuracy (docs/BENCHMARKS.md). AIMET runs it.
+  bool absorb_high_bias = false;
   double high_bias_sigmas = 3.0;
 };
 

@@ -14,7 +14,7 @@ Two kinds of functions, because a built Keras model's structure cannot change in
 - ``equalize_model`` and ``replace_relu6_with_relu`` (like ``batch_norm_fold.fold_*``) return a
   NEW functional model and leave the model given unchanged. ``equalize_model``'s default ReLU6
   policy 'bound' puts a ``BoundedReLU`` (per-channel clip, ``prequant.keras.activations``) where a
-  ReLU6 was, so with ``absorb_high_bias=False`` the FP32 output equals the original's;
+  ReLU6 was, so (with ``absorb_high_bias=False``, the default) the FP32 output equals the original's;
   'replace' uses ``ReLU`` (as AIMET; FP32 output changes slightly); 'skip' leaves pairs with a
   ReLU6 between unscaled.
 - ``CrossLayerScaling.scale_model``, ``CrossLayerScaling.scale_cls_sets`` and
@@ -31,7 +31,7 @@ Two kinds of functions, because a built Keras model's structure cannot change in
     CrossLayerScaling.create_cls_set_info_list(cls_sets, scale_factors, is_relu_activation_in_cls_sets)
     HighBiasFold.bias_fold(cls_set_info_list, bn_layers)
     replace_relu6_with_relu(model)                                   -> (new_model, ActivationResult)
-    equalize_model(model, relu6='bound', absorb_high_bias=True)      -> new_model
+    equalize_model(model, relu6='bound', absorb_high_bias=False)     -> new_model
     equalize_model(..., return_result=True)                          -> (new_model, EqualizeResult)
 
 Manual sets without a model (``scale_cls_sets(sets)``, ``bias_fold`` of
@@ -285,8 +285,9 @@ def replace_relu6_with_relu(model: keras.Model):
 
 
 def equalize_model(model: keras.Model, *, relu6: str = "bound", max_iterations: int = DEFAULT_MAX_ITERATIONS,
-                   absorb_high_bias: bool = True, return_result: bool = False):
-    """Fold batch norms, handle ReLU6, scale CLS sets and absorb high bias in one atomic engine
+                   absorb_high_bias: bool = False, return_result: bool = False):
+    """Fold batch norms, handle ReLU6, scale CLS sets (and, with ``absorb_high_bias=True``, absorb
+    high bias: an approximation, off by default — docs/BENCHMARKS.md) in one atomic engine
     call; returns the new, equalized model (``(new_model, EqualizeResult)`` with
     ``return_result=True``; ``.explain()`` prints every decision). The model given is unchanged.
 

@@ -46,10 +46,10 @@ def fold_all_batch_norms(model: Any, base_dir=None):
     return _to_proto(m), result
 
 
-def equalize_model(model: Any, relu6: str = "bound", *, absorb_high_bias: bool = True,
+def equalize_model(model: Any, relu6: str = "bound", *, absorb_high_bias: bool = False,
                    max_iterations: int = 100, base_dir=None):
-    """Unroll shared weights, fold batch norms, apply the ReLU6 policy, scale CLS sets and absorb
-    high bias; returns (new ModelProto, EqualizeResult)."""
+    """Unroll shared weights, fold batch norms, apply the ReLU6 policy, scale CLS sets (and, with
+    ``absorb_high_bias=True``, absorb high bias); returns (new ModelProto, EqualizeResult)."""
     m = load(model, base_dir)
     result = _core.equalize_model(m.graph, relu6=relu6, max_iterations=max_iterations,
                                   absorb_high_bias=absorb_high_bias)

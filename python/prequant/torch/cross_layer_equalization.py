@@ -225,8 +225,9 @@ def replace_relu6_with_relu(model: nn.Module) -> nn.Module:
 
 
 def equalize_model(model: nn.Module, input_shapes=None, dummy_input=None, *, relu6: str = "bound",
-                   max_iterations: int = DEFAULT_MAX_ITERATIONS, absorb_high_bias: bool = True):
-    """Fold batch norms, handle ReLU6, scale CLS sets and absorb high bias — in place, in one
+                   max_iterations: int = DEFAULT_MAX_ITERATIONS, absorb_high_bias: bool = False):
+    """Fold batch norms, handle ReLU6, scale CLS sets (and, with ``absorb_high_bias=True``,
+    absorb high bias: an approximation, off by default — docs/BENCHMARKS.md) — in place, in one
     atomic engine call. `dummy_input` (or `input_shapes`), when given, is used to check that the
     model still runs. Returns the engine's EqualizeResult (``.explain()`` prints every decision)."""
     eg = build_engine_graph(model)
