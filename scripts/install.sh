@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(libprotobuf-dev protobuf-compiler libgtest-dev nlohmann-json3-dev libcli11-dev libonnx-dev)
+APT_PACKAGES=(libprotobuf-dev protobuf-compiler libgtest-dev nlohmann-json3-dev libcli11-dev libonnx-dev
+              libcairo2-dev pkg-config)  # cairo: the weight report's PNGs
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

@@ -17,7 +17,7 @@ jobs="${PREQUANT_SANITIZE_JOBS:-2}"
 
 # clang-14 and its runtimes (ASan, UBSan, libFuzzer), plus what the engine builds against.
 APT_PACKAGES=(clang-14 libclang-rt-14-dev libprotobuf-dev protobuf-compiler libgtest-dev
-              nlohmann-json3-dev libonnx-dev)
+              nlohmann-json3-dev libonnx-dev libcairo2-dev pkg-config)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -74,6 +74,8 @@ cmake --build build-asan -j"$jobs" --target prequant_tests fuzz_onnx_reader
 # Every report is fatal and comes with a stack; leaks are findings too.
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:detect_stack_use_after_return=1:strict_string_checks=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+# Only third-party caches are suppressed (fontconfig's, see the file); prequant's own leaks count.
+export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$PWD/scripts/lsan-suppressions.txt}"
 
 echo "==> ctest under ASan + UBSan"
 ctest --test-dir build-asan --output-on-failure --progress -j"$jobs"

@@ -1,13 +1,17 @@
 // prequant — make an ONNX model quantization-ready from the command line (no Python needed).
 //
-//   prequant inspect  MODEL.onnx [--json]
+//   prequant inspect  MODEL.onnx [--json] [--explain]
 //   prequant fold     MODEL.onnx -o OUT.onnx [--explain] [--json] [--overwrite]
-//   prequant equalize MODEL.onnx -o OUT.onnx [--relu6 replace|bound|skip] [--no-high-bias]
+//   prequant equalize MODEL.onnx -o OUT.onnx [--relu6 replace|bound|skip] [--high-bias]
 //                     [--iterations N] [--explain] [--json] [--overwrite]
+//   prequant report   MODEL.onnx -o OUT_DIR [--relu6 ...] [--high-bias] [--iterations N]
+//                     [--before folded|original] [--bits B] [--max-layer-plots N] [--max-channels N]
 //   prequant --version
 //
 // fold     = unroll_shared_weights + fold_batch_norms
-// equalize = equalize_model (unroll, fold, ReLU6 policy, cross-layer scaling, high-bias absorption)
+// equalize = equalize_model (unroll, fold, ReLU6 policy, cross-layer scaling, optional high-bias absorption)
+// report   = per-layer and per-channel weight statistics before and after equalize, as PNGs and a
+//            self-contained report.html in OUT_DIR (weight_report.h); the model is never written
 // Output files are written atomically (temporary file, then rename); the input is never
 // overwritten unless --overwrite is given. Any error: one line "prequant: error: ..." on stderr
 // and exit status 1 (2 for a command-line usage error).
@@ -23,6 +27,8 @@
 #include "prequant/onnx_io.h"
 #include "prequant/passes.h"
 #include "prequant/report.h"
+#include "prequant/weight_report.h"
+#include "prequant/weight_stats.h"
 
 #ifndef PREQUANT_VERSION
 #define PREQUANT_VERSION "0.1.0"
@@ -40,8 +46,12 @@ struct Options {
   bool explain = false;
   bool overwrite = false;
   std::string relu6 = "bound";
-  bool no_high_bias = false;
+  bool high_bias = false;
   int iterations = 100;
+  std::string before = "folded";  // report: the baseline
+  int bits = 8;
+  int max_layer_plots = 24;
+  int max_channels = 128;
 };
 
 // One printable line: control characters become spaces, bytes that are not valid UTF-8 (a
@@ -96,6 +106,15 @@ int count_bounded_clips(const prequant::Graph& g) {
   return n;
 }
 
+// Nodes the reader kept as they are, with the reason (a weight that is no initializer, an
+// unsupported form): no pass looks into them, so --explain says why they were skipped.
+std::string explain_opaque(const prequant::Graph& g) {
+  std::string out;
+  for (const prequant::Node& n : g.nodes)
+    if (n.kind == prequant::OpKind::Opaque && !n.opaque_reason.empty()) out += "  " + n.opaque_reason + "\n";
+  return out.empty() ? out : "Opaque nodes (folding and scaling stop at them):\n" + out;
+}
+
 int run_inspect(const Options& o) {
   prequant::OnnxModel model = prequant::OnnxModel::load(o.input);
   const prequant::FoldResult folds = prequant::find_batch_norm_folds(model.graph());
@@ -135,7 +154,7 @@ int run_fold(const Options& o) {
   model.save(o.output);
   const bool nothing = fold.folded.empty() && unroll.copies.empty();
   std::ostream& text = text_stream(o);
-  if (o.explain) text << prequant::explain(unroll) << prequant::explain(fold);
+  if (o.explain) text << explain_opaque(model.graph()) << prequant::explain(unroll) << prequant::explain(fold);
   if (nothing)
     text << "prequant fold: nothing to do: no batch norm can be folded"
          << (fold.declined.empty() ? " (the model has none)" : " (see --explain for why)")
@@ -152,14 +171,19 @@ int run_fold(const Options& o) {
   return 0;
 }
 
-int run_equalize(const Options& o) {
-  check_output(o);
+prequant::EqualizeOptions equalize_options(const Options& o) {
   if (o.iterations < 1)
     throw prequant::InvalidRequestError("--iterations must be at least 1 (1 = one pass over the sets)");
   prequant::EqualizeOptions options;
   options.cls.relu6 = prequant::parse_relu6_policy(o.relu6);
   options.cls.max_iterations = o.iterations;
-  options.absorb_high_bias = !o.no_high_bias;
+  options.absorb_high_bias = o.high_bias;
+  return options;
+}
+
+int run_equalize(const Options& o) {
+  check_output(o);
+  const prequant::EqualizeOptions options = equalize_options(o);
   prequant::OnnxModel model = prequant::OnnxModel::load(o.input);
   const prequant::EqualizeResult r = prequant::equalize_model(model.graph(), options);
   model.save(o.output);
@@ -167,7 +191,7 @@ int run_equalize(const Options& o) {
   const bool nothing = r.fold.folded.empty() && r.cls.sets.empty() && r.unroll.copies.empty() &&
                        r.activations.edits.empty() && r.high_bias.absorbed.empty();
   std::ostream& text = text_stream(o);
-  if (o.explain) text << prequant::explain(r);
+  if (o.explain) text << explain_opaque(model.graph()) << prequant::explain(r);
   if (nothing) {
     text << "prequant equalize: nothing to do: no batch norm to fold and no layer set to scale"
          << (o.explain ? "" : " (see --explain for why)") << "; wrote an unchanged copy to "
@@ -195,6 +219,46 @@ int run_equalize(const Options& o) {
   return 0;
 }
 
+// Statistics of the model as it is ("original") or with its batch norms folded ("folded": the
+// weights a quantizer sees without equalization), and of the equalized model; files in -o.
+int run_report(const Options& o) {
+  if (o.output.empty()) throw prequant::InvalidRequestError("no output directory; give one with -o OUT_DIR");
+  std::error_code ec;
+  if (same_file(o.input, o.output) || fs::is_regular_file(o.output, ec))
+    throw prequant::InvalidRequestError("the output '" + o.output + "' is a file; -o names a directory for the report");
+  const prequant::EqualizeOptions options = equalize_options(o);
+  prequant::WeightStats before;
+  {
+    prequant::OnnxModel model = prequant::OnnxModel::load(o.input);
+    if (o.before == "folded") {
+      prequant::unroll_shared_weights(model.graph());
+      prequant::fold_batch_norms(model.graph());
+    }
+    before = prequant::collect_weight_stats(model.graph(), o.bits);
+  }
+  prequant::OnnxModel model = prequant::OnnxModel::load(o.input);
+  const prequant::EqualizeResult r = prequant::equalize_model(model.graph(), options);
+  const prequant::WeightStats after = prequant::collect_weight_stats(model.graph(), o.bits);
+
+  prequant::ReportOptions ro;
+  ro.title = "prequant weight report: " + fs::path(o.input).filename().string();
+  ro.model = o.input;
+  ro.before_label = o.before == "folded" ? "before (batch norms folded)" : "before (original)";
+  ro.max_layer_plots = o.max_layer_plots;
+  ro.max_channels = o.max_channels;
+  ro.notes.push_back("equalize (--relu6 " + o.relu6 + (o.high_bias ? ", --high-bias" : "") + "): folded " +
+                     std::to_string(r.fold.folded.size()) + " batch norm(s), scaled " +
+                     std::to_string(r.cls.sets.size()) + " CLS set(s) in " + std::to_string(r.cls.iterations) +
+                     " iteration(s), absorbed high bias in " + std::to_string(r.high_bias.absorbed.size()) +
+                     " pair(s); " + std::to_string(prequant::all_declined(r).size()) +
+                     " candidate(s) declined (prequant equalize --explain says why).");
+  const prequant::ReportFiles files = prequant::write_report(before, after, o.output, ro);
+  std::cout << "prequant report: " << std::max(before.layers.size(), after.layers.size())
+            << " conv/linear layer(s), " << files.images.size() - 1 << " per-channel plot(s); wrote " << files.html
+            << " (and " << files.images.size() << " PNG(s), " << fs::path(files.json).filename().string() << ")\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -208,10 +272,11 @@ int main(int argc, char** argv) {
   auto* inspect = app.add_subcommand("inspect", "Summarize a model: layers, foldable batch norms, CLS sets");
   inspect->add_option("model", o.input, "Input .onnx model")->required();
   inspect->add_flag("--json", o.json_out, "Print the summary as JSON");
+  inspect->add_flag("--explain", o.explain, "Accepted for symmetry: inspect always gives every reason");
 
   auto* fold = app.add_subcommand("fold", "Fold batch norms into neighbouring conv/linear layers");
   auto* equalize = app.add_subcommand(
-      "equalize", "Fold batch norms, then cross-layer scaling and high-bias absorption");
+      "equalize", "Fold batch norms, then cross-layer scaling (and, with --high-bias, high-bias absorption)");
   for (auto* sub : {fold, equalize}) {
     sub->add_option("model", o.input, "Input .onnx model")->required();
     sub->add_option("-o,--output", o.output, "Output .onnx model (written atomically)")->required();
@@ -219,14 +284,34 @@ int main(int argc, char** argv) {
     sub->add_flag("--json", o.json_out, "Print the pass results as JSON on stdout");
     sub->add_flag("--overwrite", o.overwrite, "Allow the output to replace the input model");
   }
-  equalize->add_option("--relu6", o.relu6,
-                       "ReLU6/Clip between scaled layers: bound (exact per-channel clip, default), "
-                       "replace (with ReLU, as AIMET), skip (leave such pairs unscaled)")
-      ->check(CLI::IsMember({"replace", "bound", "skip"}));
-  equalize->add_flag("--no-high-bias", o.no_high_bias, "Skip high-bias absorption");
-  equalize->add_option("--iterations", o.iterations,
-                       "Maximum CLS iterations over overlapping sets (1 = one pass, as AIMET)")
-      ->check(CLI::Range(1, 1000000));
+
+  auto* report = app.add_subcommand(
+      "report", "Write per-layer and per-channel weight ranges and weight SQNR before and after equalization "
+                "(PNGs and a self-contained report.html); the model is not written");
+  report->add_option("model", o.input, "Input .onnx model")->required();
+  report->add_option("-o,--output", o.output, "Output directory (created if missing)")->required();
+  report->add_option("--before", o.before,
+                     "Baseline: folded (batch norms folded, what a quantizer sees without equalization; "
+                     "default) or original (the weights as stored)")
+      ->check(CLI::IsMember({"folded", "original"}));
+  report->add_option("--bits", o.bits, "Weight bit width for the SQNR columns (default 8)")->check(CLI::Range(2, 16));
+  report->add_option("--max-layer-plots", o.max_layer_plots,
+                     "Per-channel plots for at most this many layers, those with the widest ranges (default 24)")
+      ->check(CLI::Range(0, 100000));
+  report->add_option("--max-channels", o.max_channels, "Channels drawn per plot (default 128)")
+      ->check(CLI::Range(1, 100000));
+  for (auto* sub : {equalize, report}) {
+    sub->add_option("--relu6", o.relu6,
+                    "ReLU6/Clip between scaled layers: bound (exact per-channel clip, default), "
+                    "replace (with ReLU, as AIMET), skip (leave such pairs unscaled)")
+        ->check(CLI::IsMember({"replace", "bound", "skip"}));
+    sub->add_flag("--high-bias,!--no-high-bias", o.high_bias,
+                  "Also absorb high bias (the 3σ rule; approximate, off by default as measured in "
+                  "docs/BENCHMARKS.md)");
+    sub->add_option("--iterations", o.iterations,
+                    "Maximum CLS iterations over overlapping sets (1 = one pass, as AIMET)")
+        ->check(CLI::Range(1, 1000000));
+  }
 
   try {
     app.parse(argc, argv);
@@ -245,6 +330,7 @@ int main(int argc, char** argv) {
     if (*inspect) return run_inspect(o);
     if (*fold) return run_fold(o);
     if (*equalize) return run_equalize(o);
+    if (*report) return run_report(o);
   } catch (const prequant::Error& e) {
     std::cerr << "prequant: error: " << one_line(e.what()) << "\n";
     return 1;

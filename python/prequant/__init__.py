@@ -45,6 +45,9 @@ from prequant._core import (  # noqa: E402
     UnsupportedError,
 )
 
+# The weight report (imports neither torch nor tensorflow).
+from prequant.report import collect_weight_stats, write_report  # noqa: E402
+
 __all__ = [
     "Error",
     "GraphError",
@@ -53,4 +56,6 @@ __all__ = [
     "ModelFormatError",
     "UnsupportedError",
     "__version__",
+    "collect_weight_stats",
+    "write_report",
 ]

@@ -81,5 +81,6 @@ void bind_graph(nb::module_& m);
 void bind_results(nb::module_& m);
 void bind_passes(nb::module_& m);
 void bind_onnx(nb::module_& m);
+void bind_weight_report(nb::module_& m);
 
 }  // namespace prequant::python

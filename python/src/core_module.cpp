@@ -14,6 +14,7 @@ NB_MODULE(_core, m) {
   bind_results(m);
   bind_passes(m);
   bind_onnx(m);
+  bind_weight_report(m);
   // Fault injection for atomicity tests: the (n+1)-th parameter write of any pass raises Error.
   m.def("_set_fail_after_writes", &prequant::testing::set_fail_after_writes, nanobind::arg("n"),
         "Tests only: make the (n+1)-th parameter write of any pass fail (n < 0 disables).");
