@@ -183,9 +183,9 @@ std::string draw_overview_png(const std::vector<LayerRow>& rows, int bits, const
   draw_sqnr_series(c, sqnr, sq_before, kBefore, false);
   draw_sqnr_series(c, sqnr, sq_after, kAfter, false);
   c.legend(kLeft + w + kLegendGap, sqnr.y,
-           {{truncate(o.before_label, 30), kBefore},
-            {truncate(o.after_label, 30), kAfter},
-            {"per-channel scales (reference)", kReference, true}});
+           {{truncate(o.before_label, 30), kBefore, Canvas::Swatch::Line},
+            {truncate(o.after_label, 30), kAfter, Canvas::Swatch::Line},
+            {"per-channel scales (reference)", kReference, Canvas::Swatch::Dashed}});
 
   // Layer names under the SQNR panel (or every k-th row number when they would not fit).
   const double base = sqnr.y + sqnr.h + 8;

@@ -198,8 +198,9 @@ void Canvas::legend(double x, double y, const std::vector<LegendEntry>& entries)
   for (size_t k = 0; k < entries.size(); ++k) {
     const double cy = y + 3 + row * (static_cast<double>(k) + 0.5);
     const auto& e = entries[k];
-    if (e.dashed) {
-      line(x + 6, cy, x + 24, cy, e.color, 1.5, true);
+    if (e.swatch != Swatch::Box) {
+      line(x + 6, cy, x + 24, cy, e.color, 1.5, e.swatch == Swatch::Dashed);
+      if (e.swatch == Swatch::Line) marker(x + 15, cy, 3, e.color);
     } else {
       rect(x + 8, cy - 5, 14, 10, {e.color.r, e.color.g, e.color.b, 0.35});
       frame(x + 8, cy - 5, 14, 10, e.color);

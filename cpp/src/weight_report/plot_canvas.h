@@ -71,11 +71,12 @@ class Canvas {
   void box(double x, double half_width, double y_min, double y_q1, double y_median, double y_q3,
            double y_max, const Color& c) const;
   void marker(double x, double y, double radius, const Color& c) const;
-  // A legend: one coloured swatch (box or dashed line) and label per entry, from (x, y) down.
+  // A legend: one coloured swatch and label per entry, from (x, y) down.
+  enum class Swatch { Box, Line, Dashed };  // a box plot mark, a line with a marker, a dashed line
   struct LegendEntry {
     std::string label;
     Color color;
-    bool dashed = false;
+    Swatch swatch = Swatch::Box;
   };
   void legend(double x, double y, const std::vector<LegendEntry>& entries) const;
 
