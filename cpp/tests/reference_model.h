@@ -22,6 +22,7 @@
 #include <functional>
 #include <map>
 #include <random>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,17 @@ enum class FrameworkLayout {
   KerasConvTranspose,  // (k..., O/g, I)
   KerasDense,          // (I, O)
 };
+
+// One parameterized case of the per-layout tests: a weight of this layout, channels, groups, kernel.
+struct LayoutCase {
+  std::string label;
+  FrameworkLayout layout;
+  int64_t in, out, groups;
+  std::vector<int64_t> kernel;
+  DType dtype = DType::Float32;
+};
+
+inline std::ostream& operator<<(std::ostream& os, const LayoutCase& c) { return os << c.label; }
 
 const char* layout_name(FrameworkLayout fl);
 bool is_transposed(FrameworkLayout fl);

@@ -17,16 +17,6 @@ using prequant::ChannelLayout;
 using prequant::TensorView;
 using prequant::Weight;
 
-struct LayoutCase {
-  std::string label;
-  FrameworkLayout layout;
-  int64_t in, out, groups;
-  std::vector<int64_t> kernel;
-  DType dtype = DType::Float32;
-};
-
-std::ostream& operator<<(std::ostream& os, const LayoutCase& c) { return os << c.label; }
-
 class ChannelRoutines : public ::testing::TestWithParam<LayoutCase> {
  protected:
   void SetUp() override {

@@ -24,16 +24,6 @@ using prequant::Node;
 using prequant::OpKind;
 using prequant::Weight;
 
-struct LayoutCase {
-  std::string label;
-  FrameworkLayout layout;
-  int64_t in, out, groups;
-  std::vector<int64_t> kernel;
-  DType dtype = DType::Float32;
-};
-
-std::ostream& operator<<(std::ostream& os, const LayoutCase& c) { return os << c.label; }
-
 // A graph holding one layer with the given weight values (flat, row-major).
 struct OneLayer {
   RefModel model{5};
