@@ -125,40 +125,56 @@ ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, con
     for (size_t p = 0; p < sets[k].links.size(); ++p)
       total[k].emplace_back(graph.nodes[sets[k].layers[p]].out_channels(), 1.0);
 
-  // Iterate on each layer's RangeMatrix and cumulative per-channel factors; the weights are
-  // written once, at the end (and only then, so a failure midway changes nothing).
-  // Ranges are cached per side. Scaling one side by f multiplies that side's ranges by f
-  // exactly and only invalidates the other side's, so a layer scaled on one side only (the ends
-  // of a chain: most of the weight volume) is measured once, and sweeps re-read only the
-  // matrices of layers scaled on both sides.
+  // Iterate on per-channel ranges and cumulative factors; the weights are written once, at the
+  // end (and only then, so a failure midway changes nothing). Ranges are cached per side:
+  // scaling one side by f multiplies that side's ranges by f exactly and only invalidates the
+  // other side's. A layer scaled on one side only (the ends of a chain: most of the weight
+  // volume) is therefore measured once, straight from its weight; only a layer scaled on both
+  // sides (the middle of a chain, a depthwise layer) keeps a RangeMatrix that sweeps re-read.
   struct LayerState {
-    RangeMatrix matrix;
-    std::vector<double> out_factor, in_factor;
-    std::optional<std::vector<double>> out_ranges, in_ranges;  // under the current factors
+    std::optional<RangeMatrix> matrix;
+    std::vector<double> base_out, base_in;      // |factors| deferred by earlier passes (a fold)
+    std::vector<double> out_factor, in_factor;  // this pass's
+    std::optional<std::vector<double>> out_ranges, in_ranges;  // under base · factor
   };
+  std::unordered_map<size_t, bool> in_scaled, out_scaled;
+  for (const auto& set : sets)
+    for (size_t p = 0; p < set.layers.size(); ++p) {
+      out_scaled[set.layers[p]] |= p + 1 < set.layers.size();
+      in_scaled[set.layers[p]] |= p > 0;
+    }
   std::unordered_map<size_t, LayerState> state;
   for (const auto& set : sets)
     for (size_t l : set.layers)
       if (!state.count(l)) {
         const Node& n = graph.nodes[l];
-        RangeMatrix matrix(n.weight);
-        if (const DeferredScale* d = tx.pending(n.weight)) matrix.scale(d->out, d->in);  // e.g. a fold before
-        state.emplace(l, LayerState{std::move(matrix), std::vector<double>(n.out_channels(), 1.0),
-                                    std::vector<double>(n.in_channels(), 1.0), std::nullopt, std::nullopt});
+        LayerState st;
+        if (out_scaled[l] && in_scaled[l]) st.matrix.emplace(n.weight);
+        st.out_factor.assign(static_cast<size_t>(n.out_channels()), 1.0);
+        st.in_factor.assign(static_cast<size_t>(n.in_channels()), 1.0);
+        st.base_out = st.out_factor, st.base_in = st.in_factor;
+        if (const DeferredScale* d = tx.pending(n.weight)) {
+          for (size_t c = 0; c < d->out.size(); ++c) st.base_out[c] = std::abs(d->out[c]);
+          for (size_t c = 0; c < d->in.size(); ++c) st.base_in[c] = std::abs(d->in[c]);
+        }
+        state.emplace(l, std::move(st));
       }
-  auto measure = [&](LayerState& st) {
-    ChannelRanges r = st.matrix.ranges(st.out_factor, st.in_factor);
+  auto measure = [&](size_t layer, LayerState& st) {
+    std::vector<double> fo(st.out_factor.size()), fi(st.in_factor.size());
+    for (size_t c = 0; c < fo.size(); ++c) fo[c] = st.base_out[c] * st.out_factor[c];
+    for (size_t c = 0; c < fi.size(); ++c) fi[c] = st.base_in[c] * st.in_factor[c];
+    ChannelRanges r = st.matrix ? st.matrix->ranges(fo, fi) : channel_ranges(graph.nodes[layer].weight, fo, fi);
     st.out_ranges = std::move(r.out);
     st.in_ranges = std::move(r.in);
   };
   auto out_ranges_of = [&](size_t layer) -> const std::vector<double>& {
     LayerState& st = state.at(layer);
-    if (!st.out_ranges) measure(st);
+    if (!st.out_ranges) measure(layer, st);
     return *st.out_ranges;
   };
   auto in_ranges_of = [&](size_t layer) -> const std::vector<double>& {
     LayerState& st = state.at(layer);
-    if (!st.in_ranges) measure(st);
+    if (!st.in_ranges) measure(layer, st);
     return *st.in_ranges;
   };
   // factor[c] *= f[c] (or /= f[c]) on one side of `layer`; f > 0.

@@ -12,6 +12,7 @@
 
 #include "prequant/errors.h"
 #include "prequant/tensor.h"
+#include "channel_kernels.h"
 #include "transaction.h"
 
 namespace prequant {
@@ -269,12 +270,72 @@ ChannelRanges scale_channels(const Weight& w, std::span<const double> out_factor
   return r;
 }
 
+namespace {
+
+// The ranges of W·diag(out_factor)·diag(in_factor) (factors ≥ 0, full length) into r, for data
+// laid out as `cw` says.
+template <class T>
+void scaled_ranges(const ChannelWalk& cw, const T* data, std::span<const double> out_factor,
+                   std::span<const double> in_factor, ChannelRanges& r) {
+  if (cw.plain) {
+    // One group: x and y are the channels themselves; rows stream through the kernel.
+    const double* fx = cw.out_first ? out_factor.data() : in_factor.data();
+    const double* fy = cw.out_first ? in_factor.data() : out_factor.data();
+    double* rx = cw.out_first ? r.out.data() : r.in.data();
+    double* ry = cw.out_first ? r.in.data() : r.out.data();
+    std::vector<T> cells(cw.inner == 1 ? 0 : static_cast<size_t>(cw.second));  // max |W| over inner
+    cw.run_rows([&](int64_t x, int64_t begin) {
+      const T* row = data + begin;
+      if (cw.inner > 1) {
+        for (int64_t y = 0; y < cw.second; ++y) cells[y] = static_cast<T>(max_abs(row + y * cw.inner, cw.inner));
+        row = cells.data();
+      }
+      rx[x] = std::max(rx[x], detail::scaled_row_ranges(row, cw.second, fy, fx[x], ry) * fx[x]);
+    });
+    return;
+  }
+  cw.run([&](int64_t, int64_t, int64_t o, int64_t i, int64_t begin, int64_t count) {
+    const double v = max_abs(data + begin, count) * out_factor[o] * in_factor[i];
+    r.out[o] = std::max(r.out[o], v);
+    r.in[i] = std::max(r.in[i], v);
+  });
+}
+
+// |factor| at full length (empty = ones), checked against the channel count.
+std::vector<double> magnitudes(const Weight& w, std::span<const double> factor, int64_t channels, const char* side) {
+  if (factor.empty()) return std::vector<double>(static_cast<size_t>(channels), 1.0);
+  if (static_cast<int64_t>(factor.size()) != channels)
+    throw GraphError("weight '" + w.tensor.name + "': " + std::to_string(factor.size()) + " " + side +
+                         "-channel factors for " + std::to_string(channels) + " channels",
+                     w.tensor.name);
+  std::vector<double> m(factor.size());
+  for (size_t c = 0; c < m.size(); ++c) m[c] = std::abs(factor[c]);
+  return m;
+}
+
+}  // namespace
+
+ChannelRanges channel_ranges(const Weight& w, std::span<const double> out_factor, std::span<const double> in_factor) {
+  const ChannelWalk cw(w);
+  const int64_t out = w.out_channels(), in = w.in_channels();
+  const auto fo = magnitudes(w, out_factor, out, "output"), fi = magnitudes(w, in_factor, in, "input");
+  ChannelRanges r{std::vector<double>(static_cast<size_t>(out), 0.0), std::vector<double>(static_cast<size_t>(in), 0.0)};
+  if (w.tensor.dtype == DType::Float32)
+    scaled_ranges(cw, static_cast<const float*>(w.tensor.data), fo, fi, r);
+  else
+    scaled_ranges(cw, static_cast<const double*>(w.tensor.data), fo, fi, r);
+  return r;
+}
+
 struct RangeMatrix::Tables {
-  ChannelWalk walk;
+  ChannelWalk walk;   // of the weight
+  ChannelWalk cells;  // of the matrix: the weight's walk with outer, middle and inner collapsed
+
+  explicit Tables(const Weight& w) : walk(w), cells(walk) { cells.outer = cells.middle = cells.inner = 1; }
 };
 
 RangeMatrix::RangeMatrix(const Weight& w)
-    : tables_(std::make_shared<Tables>(Tables{ChannelWalk(w)})),
+    : tables_(std::make_shared<Tables>(w)),
       out_channels_(w.out_channels()),
       in_channels_(w.in_channels()) {
   const ChannelWalk& cw = tables_->walk;
@@ -300,39 +361,9 @@ RangeMatrix::RangeMatrix(const Weight& w)
 }
 
 ChannelRanges RangeMatrix::ranges(std::span<const double> out_factor, std::span<const double> in_factor) const {
-  const ChannelWalk& cw = tables_->walk;
   ChannelRanges r{std::vector<double>(static_cast<size_t>(out_channels_), 0.0),
                   std::vector<double>(static_cast<size_t>(in_channels_), 0.0)};
-  if (cw.plain) {
-    // One group: x and y are the channels themselves; the inner loop vectorizes.
-    const bool out_first = cw.out_first;
-    const double* fx = out_first ? out_factor.data() : in_factor.data();
-    const double* fy = out_first ? in_factor.data() : out_factor.data();
-    double* rx = out_first ? r.out.data() : r.in.data();
-    double* ry = out_first ? r.in.data() : r.out.data();
-    for (int64_t x = 0; x < cw.first; ++x) {
-      const float* row = m_.data() + x * cw.second;
-      double row_max = 0.0;
-      const double f = fx[x];
-      for (int64_t y = 0; y < cw.second; ++y) {
-        const double v = row[y] * fy[y];
-        row_max = std::max(row_max, v);
-        ry[y] = std::max(ry[y], v * f);
-      }
-      rx[x] = row_max * f;
-    }
-    return r;
-  }
-  for (int64_t x = 0; x < cw.first; ++x) {
-    const float* row = m_.data() + x * cw.second;
-    const int64_t ox = cw.oa[x], ix = cw.ia[x];
-    for (int64_t y = 0; y < cw.second; ++y) {
-      const int64_t o = ox + cw.ob[y], i = ix + cw.ib[y];
-      const double v = row[y] * out_factor[o] * in_factor[i];
-      r.out[o] = std::max(r.out[o], v);
-      r.in[i] = std::max(r.in[i], v);
-    }
-  }
+  scaled_ranges(tables_->cells, m_.data(), out_factor, in_factor, r);
   return r;
 }
 
@@ -347,17 +378,6 @@ void visit_out_channels(const Weight& w, const std::function<void(int64_t, std::
       visit(o, std::span<const double>(buffer));
     }
   });
-}
-
-void RangeMatrix::scale(std::span<const double> out_factor, std::span<const double> in_factor) {
-  const ChannelWalk& cw = tables_->walk;
-  for (int64_t x = 0; x < cw.first; ++x)
-    for (int64_t y = 0; y < cw.second; ++y) {
-      const int64_t o = cw.oa[x] + cw.ob[y], i = cw.ia[x] + cw.ib[y];
-      const double f = (out_factor.empty() ? 1.0 : out_factor[o]) * (in_factor.empty() ? 1.0 : in_factor[i]);
-      float& cell = m_[static_cast<size_t>(x * cw.second + y)];
-      cell = static_cast<float>(cell * std::abs(f));
-    }
 }
 
 struct ChannelScaling::Tables {
@@ -392,19 +412,7 @@ void apply_scaling(const ChannelWalk& cw, T* data, const std::vector<double>& ou
     // One group: the row's channel is x on the first axis, y on the second.
     const double* fx = cw.out_first ? out.data() : in.data();
     const double* fy = cw.out_first ? in.data() : out.data();
-    cw.run_rows([&](int64_t x, int64_t begin) {
-      T* p = data + begin;
-      const double f = fx[x];
-      if (cw.inner == 1) {
-        for (int64_t y = 0; y < cw.second; ++y) p[y] = static_cast<T>(p[y] * (f * fy[y]));
-      } else {
-        for (int64_t y = 0; y < cw.second; ++y) {
-          const double g = f * fy[y];
-          T* q = p + y * cw.inner;
-          for (int64_t k = 0; k < cw.inner; ++k) q[k] = static_cast<T>(q[k] * g);
-        }
-      }
-    });
+    cw.run_rows([&](int64_t x, int64_t begin) { detail::scale_row(data + begin, cw.second, cw.inner, fy, fx[x]); });
     return;
   }
   cw.run([&](int64_t, int64_t, int64_t o, int64_t i, int64_t begin, int64_t count) {

@@ -156,18 +156,30 @@ TEST_P(ChannelRoutines, ChannelScalingAppliesBothFactorsOnce) {
   EXPECT_THROW(prequant::ChannelScaling(w_, std::vector<double>(c.out + 1, 1.0), {}), prequant::GraphError);
 }
 
-// RangeMatrix::scale: the matrix of the rescaled weight (negative factors count by magnitude).
-TEST_P(ChannelRoutines, RangeMatrixScaleEqualsMatrixOfScaledWeight) {
+// channel_ranges with factors: the ranges W·diag(out_factor)·diag(in_factor) would have
+// (negative factors count by magnitude), read in one pass; W is not written.
+TEST_P(ChannelRoutines, ChannelRangesUnderFactors) {
   const auto& c = GetParam();
-  const auto fo = model_.uniform(c.out, -10.0, 10.0), fi = model_.uniform(c.in, 0.1, 10.0);
-  prequant::RangeMatrix matrix(w_);
-  matrix.scale(fo, fi);
-  prequant::ChannelScaling(w_, fo, fi).apply();
-  const prequant::RangeMatrix direct(w_);
-  const std::vector<double> one_o(c.out, 1.0), one_i(c.in, 1.0);
-  const auto a = matrix.ranges(one_o, one_i), b = direct.ranges(one_o, one_i);
-  for (int64_t o = 0; o < c.out; ++o) EXPECT_NEAR(a.out[o], b.out[o], 1e-6 * b.out[o]) << "out " << o;
-  for (int64_t i = 0; i < c.in; ++i) EXPECT_NEAR(a.in[i], b.in[i], 1e-6 * b.in[i]) << "in " << i;
+  const auto before = read_all(w_.tensor);
+  const auto fo = model_.uniform(c.out, -10.0, 10.0), fi = model_.uniform(c.in, 0.01, 100.0);
+  std::vector<double> eo(c.out, 0.0), ei(c.in, 0.0);
+  for_each_weight_element(c.layout, shape_, c.groups, [&](int64_t o, int64_t i, int64_t idx) {
+    const double v = std::abs(before[idx]) * std::abs(fo[o]) * fi[i];
+    eo[o] = std::max(eo[o], v);
+    ei[i] = std::max(ei[i], v);
+  });
+  const auto r = prequant::channel_ranges(w_, fo, fi);
+  ASSERT_EQ(r.out.size(), eo.size());
+  ASSERT_EQ(r.in.size(), ei.size());
+  // Exact up to the order of the two products.
+  for (int64_t o = 0; o < c.out; ++o) EXPECT_NEAR(r.out[o], eo[o], 1e-14 * eo[o]) << "out " << o;
+  for (int64_t i = 0; i < c.in; ++i) EXPECT_NEAR(r.in[i], ei[i], 1e-14 * ei[i]) << "in " << i;
+  EXPECT_EQ(read_all(w_.tensor), before);
+  // Empty factors mean ones: the plain ranges, bit for bit.
+  const auto unit = prequant::channel_ranges(w_, {}, {});
+  EXPECT_EQ(unit.out, ref_out_ranges(c.layout, w_.tensor, c.groups));
+  EXPECT_EQ(unit.in, ref_in_ranges(c.layout, w_.tensor, c.groups));
+  EXPECT_THROW(prequant::channel_ranges(w_, std::vector<double>(c.out + 1, 1.0), {}), prequant::GraphError);
 }
 
 // RangeMatrix: the ranges of W·diag(out_factor)·diag(in_factor) without touching W.

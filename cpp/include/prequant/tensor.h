@@ -82,6 +82,9 @@ struct ChannelRanges {
   std::vector<double> out, in;
 };
 ChannelRanges channel_ranges(const Weight& w);
+// The ranges of W·diag(out_factor)·diag(in_factor) (by magnitude; empty = ones), in one read
+// pass and without writing W: what a weight will measure once factors deferred to a commit apply.
+ChannelRanges channel_ranges(const Weight& w, std::span<const double> out_factor, std::span<const double> in_factor);
 // W[o, i, ...] *= out_factor[o] · in_factor[i] (an empty span stands for all ones), returning the
 // ranges of the result: one pass where scaling and re-measuring would take two.
 ChannelRanges scale_channels(const Weight& w, std::span<const double> out_factor,
@@ -92,9 +95,8 @@ ChannelRanges scale_channels(const Weight& w, std::span<const double> out_factor
 class RangeMatrix {
  public:
   explicit RangeMatrix(const Weight& w);  // one read pass over w
+  // The ranges of W·diag(out_factor)·diag(in_factor); factors full length and ≥ 0.
   ChannelRanges ranges(std::span<const double> out_factor, std::span<const double> in_factor) const;
-  // The matrix of W·diag(out_factor)·diag(in_factor) (factors may be negative; empty = ones).
-  void scale(std::span<const double> out_factor, std::span<const double> in_factor);
 
  private:
   struct Tables;
