@@ -98,13 +98,14 @@ class _LeafTracer(torch.fx.Tracer):
         return isinstance(m, BoundedReLU) or super().is_leaf_module(m, qualname)
 
 
-def trace(model: nn.Module) -> torch.fx.GraphModule:
-    """The model as a GraphModule (itself if it already is one)."""
+def trace_graph(model: nn.Module) -> torch.fx.Graph:
+    """The model's fx graph (its own if it is a GraphModule); call_module targets name modules of
+    `model`. No GraphModule is built: its generated code is not needed here, and building it
+    costs about as much as the trace itself."""
     if isinstance(model, torch.fx.GraphModule):
-        return model
+        return model.graph
     try:
-        graph = _LeafTracer().trace(model)
-        return torch.fx.GraphModule(model, graph, type(model).__name__)
+        return _LeafTracer().trace(model)
     except Exception as exc:  # fx raises many types; all mean "cannot trace"
         raise PrequantTorchError(
             f"torch.fx cannot trace {type(model).__name__}: {exc}. Run "
@@ -119,18 +120,18 @@ def build_engine_graph(model: nn.Module) -> EngineGraph:
             f"{type(model).__name__} is in training mode: batch norms then use batch statistics "
             f"and folding would change the model — call model.eval() first"
         )
-    traced = trace(model)
-    modules = dict(traced.named_modules())
+    fx_graph = trace_graph(model)
+    modules = dict(model.named_modules(remove_duplicate=False))
     result = EngineGraph(_core.Graph(), model)
     result.module_names = {id(m): name for name, m in model.named_modules()}
     calls: dict[str, int] = {}
-    for node in traced.graph.nodes:
+    for node in fx_graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
 
     g = result.graph
     seen: dict[str, int] = {}
-    for node in traced.graph.nodes:
+    for node in fx_graph.nodes:
         if node.op == "placeholder":
             g.graph_inputs = [*g.graph_inputs, node.name]
             continue
