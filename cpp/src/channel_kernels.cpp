@@ -11,12 +11,6 @@
 #include <algorithm>
 #include <cmath>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PREQUANT_VECTOR_CLONES [[gnu::target_clones("avx2", "default")]]
-#else
-#define PREQUANT_VECTOR_CLONES
-#endif
-
 namespace prequant::detail {
 
 namespace {
@@ -47,7 +41,39 @@ template <class T>
   }
 }
 
+template <int64_t Inner, class T>
+[[gnu::always_inline]] inline void max_abs_cells_of(const T* __restrict p, int64_t n, int64_t inner, float* __restrict cells) {
+  const int64_t k_end = Inner > 0 ? Inner : inner;  // a compile-time count unrolls into vector code
+  for (int64_t y = 0; y < n; ++y) {
+    const T* q = p + y * k_end;
+    T m = 0;
+    for (int64_t k = 0; k < k_end; ++k) m = std::max(m, std::abs(q[k]));
+    cells[y] = std::max(cells[y], static_cast<float>(m));
+  }
+}
+
+template <class T>
+[[gnu::always_inline]] inline void max_abs_cells_any(const T* p, int64_t n, int64_t inner, float* cells) {
+  switch (inner) {  // the kernel sizes of most conv weights: 1, 3, 3×3, 5×5, 3×3×3, 7×7
+    case 1: return max_abs_cells_of<1>(p, n, inner, cells);
+    case 3: return max_abs_cells_of<3>(p, n, inner, cells);
+    case 9: return max_abs_cells_of<9>(p, n, inner, cells);
+    case 25: return max_abs_cells_of<25>(p, n, inner, cells);
+    case 27: return max_abs_cells_of<27>(p, n, inner, cells);
+    case 49: return max_abs_cells_of<49>(p, n, inner, cells);
+    default: return max_abs_cells_of<0>(p, n, inner, cells);
+  }
+}
+
 }  // namespace
+
+PREQUANT_VECTOR_CLONES void max_abs_cells(const float* p, int64_t n, int64_t inner, float* cells) {
+  max_abs_cells_any(p, n, inner, cells);
+}
+
+PREQUANT_VECTOR_CLONES void max_abs_cells(const double* p, int64_t n, int64_t inner, float* cells) {
+  max_abs_cells_any(p, n, inner, cells);
+}
 
 PREQUANT_VECTOR_CLONES double scaled_row_ranges(const float* c, int64_t n, const double* fy, double f, double* ry) {
   return ranges_of_row(c, n, fy, f, ry);

@@ -6,6 +6,14 @@
 
 #include <cstdint>
 
+// On x86-64 with GCC: an AVX2 copy of the function besides the baseline (SSE2) one, picked at
+// load time.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PREQUANT_VECTOR_CLONES [[gnu::target_clones("avx2", "default")]]
+#else
+#define PREQUANT_VECTOR_CLONES
+#endif
+
 namespace prequant::detail {
 
 // Cells of one element (inner = 1):
@@ -13,6 +21,11 @@ namespace prequant::detail {
 // Preconditions: c, fy and f finite, fy and f ≥ 0, ry ≥ 0; the arrays do not overlap.
 double scaled_row_ranges(const float* c, int64_t n, const double* fy, double f, double* ry);
 double scaled_row_ranges(const double* c, int64_t n, const double* fy, double f, double* ry);
+
+// cells[y] = max(cells[y], max_k |p[y·inner + k]|)   for y < n, k < inner.
+// Preconditions: p finite; p and cells do not overlap.
+void max_abs_cells(const float* p, int64_t n, int64_t inner, float* cells);
+void max_abs_cells(const double* p, int64_t n, int64_t inner, float* cells);
 
 // p[y·inner + k] = p[y·inner + k]·(f·fy[y]) in double, rounded once to the element type.
 // Preconditions: p and the factors finite; p and fy do not overlap.

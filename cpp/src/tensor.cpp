@@ -341,17 +341,9 @@ RangeMatrix::RangeMatrix(const Weight& w)
   const ChannelWalk& cw = tables_->walk;
   m_.assign(static_cast<size_t>(cw.first * cw.second), 0.0f);
   auto fill = [&](const auto* data) {
-    // Row by row: cell (x, y) takes the max over the row's `inner` elements at y. With inner = 1
-    // (1x1 convs, linear layers) that is an elementwise max, which vectorizes.
+    // Row by row: cell (x, y) takes the max over the row's `inner` elements at y.
     cw.run_rows([&](int64_t x, int64_t begin) {
-      float* cell = m_.data() + x * cw.second;
-      const auto* p = data + begin;
-      if (cw.inner == 1) {
-        for (int64_t y = 0; y < cw.second; ++y) cell[y] = std::max(cell[y], static_cast<float>(std::abs(p[y])));
-      } else {
-        for (int64_t y = 0; y < cw.second; ++y)
-          cell[y] = std::max(cell[y], static_cast<float>(max_abs(p + y * cw.inner, cw.inner)));
-      }
+      detail::max_abs_cells(data + begin, cw.second, cw.inner, m_.data() + x * cw.second);
     });
   };
   if (w.tensor.dtype == DType::Float32)
@@ -444,7 +436,7 @@ namespace {
 // Scans blocks with a branch-free test (exponent bits all ones = NaN or ±Inf), which vectorizes;
 // only a block that holds one is searched element by element.
 template <class T>
-int64_t find_non_finite_typed(const T* p, int64_t n) {
+[[gnu::always_inline]] inline int64_t find_non_finite_typed(const T* p, int64_t n) {
   constexpr Bits<T> exponent = kAbsMask<T> & ~(kAbsMask<T> >> (sizeof(T) == 4 ? 8 : 11));
   constexpr int64_t block = 4096;
   for (int64_t start = 0; start < n; start += block) {
@@ -459,7 +451,7 @@ int64_t find_non_finite_typed(const T* p, int64_t n) {
 }
 }  // namespace
 
-int64_t find_non_finite(const TensorView& t) {
+PREQUANT_VECTOR_CLONES int64_t find_non_finite(const TensorView& t) {
   if (t.dtype == DType::Float32) return find_non_finite_typed(static_cast<const float*>(t.data), t.numel());
   return find_non_finite_typed(static_cast<const double*>(t.data), t.numel());
 }
