@@ -221,10 +221,12 @@ STATIC_NOTES = [
     "ReLU6 -> ReLU (the 'replace' policy; aimet-onnx's equalize_model does it for ReLU6s between "
     "scaled layers, aimet-torch < 2.4 did it everywhere) costs this model ~30 points of FP32 "
     "top-1: trained ReLU6 activations do exceed 6, and ReLU lets them through.",
-    "High-bias absorption is not function-preserving here (FP32 SQNR ≈ 15 dB with 'bound'): "
-    "likely cause (not yet isolated): most absorbed pairs are expand -> depthwise with a zero-padded 3x3/5x5 L2; the "
-    "b2 += Σ_k W2 · c correction assumes every tap sees the shifted input, but padded border "
-    "taps see zeros (on the ReLU model HBA alone drops FP32 SQNR to 5.7 dB). On 7x7 / 14x14 maps most pixels are border pixels.",
+    "High-bias absorption (opt-in) moves bias only into unpadded second layers (the depthwise -> "
+    "project pairs here): a padded layer's border taps read the pad's zeros, not the shifted "
+    "activation, so absorbing into it is wrong at every border pixel, and the engine declines it. "
+    "What remains is still not exact (FP32 SQNR ≈ 22 dB with 'bound'): absorption assumes the "
+    "activation below μ − 3σ is clipped, which a trained model's BN statistics only approximate; "
+    "it does not raise INT8 accuracy here, so it stays off by default.",
 ]
 
 

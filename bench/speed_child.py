@@ -143,7 +143,7 @@ def run_torch(spec: dict) -> dict:
     import torch
     from torch import nn
 
-    from speed_models import build_chain, build_model, count_layers
+    from speed_models import build_model, build_warmup, count_layers
 
     tool, step = spec["tool"], spec["step"]
     t0 = time.perf_counter()
@@ -158,8 +158,8 @@ def run_torch(spec: dict) -> dict:
         eg = build_engine_graph(model)
         return eg.graph, time.perf_counter() - t
 
-    if fn is not None:  # warm-up on a tiny chain
-        tiny = build_chain(2).eval()
+    if fn is not None:  # warm-up on a tiny model (see build_warmup)
+        tiny = build_warmup()
         fn(subject(tiny)[0], torch.rand(1, 32, 8, 8))
     model, x = build_model(spec["model"])
     layers = count_layers(model)

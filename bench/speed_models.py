@@ -39,6 +39,25 @@ def build_chain(depth: int, channels: int = CHAIN_CHANNELS) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+class _Warmup(nn.Module):
+    """Two chain layers, then a functional flatten into a linear layer: warms up what a first
+    call pays once per process (torch.fx's table of overridable torch functions, ~12 ms, is
+    built on the first functional call it traces), for every tool alike."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = build_chain(2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(CHAIN_CHANNELS, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(self.body(x)), 1))
+
+
+def build_warmup() -> nn.Module:
+    return _Warmup().eval()
+
+
 def build_model(name: str) -> tuple[nn.Module, torch.Tensor]:
     """(eval-mode model, dummy input) for a benchmark model name."""
     torch.manual_seed(0)
