@@ -64,6 +64,7 @@ from PIL import Image
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_machine import cpu_name  # noqa: E402
 from prequant.demo.efficientnet_lite import INPUT_MEAN, INPUT_STD, efficientnet_lite0  # noqa: E402
 
 import prequant  # noqa: E402
@@ -390,12 +391,7 @@ def stress_rows(measure, ref, notes, x):
 def write_report(args, rows, notes, total):
     cmd = "python bench/accuracy_efficientnet_lite0.py" + (f" --eval {args.eval}" if args.eval != 400 else "") + \
         (f" --rows {args.rows}" if set(args.rows.split(",")) != set(ROW_GROUPS) else "")
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     lines = [
         "# EfficientNet-Lite0 (ImageNet) — quantized accuracy before / after prequant",
         "",

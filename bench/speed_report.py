@@ -13,16 +13,13 @@ import statistics
 import sys
 from collections import defaultdict
 
+from bench_machine import cpu_name
+
 TOOL_NAMES = {"aimet": "aimet-torch", "aimet_onnx": "aimet-onnx", "torch.fx": "torch.fx"}
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     mem = ""
     try:
         with open("/proc/meminfo") as f:

@@ -84,6 +84,9 @@ struct ChannelRanges {
 ChannelRanges channel_ranges(const Weight& w);
 // The ranges of W·diag(out_factor)·diag(in_factor) (by magnitude; empty = ones), in one read
 // pass and without writing W: what a weight will measure once factors deferred to a commit apply.
+// Precondition: W and the factors finite (the passes check first; find_non_finite). Unlike the
+// routines above, a NaN here is not guaranteed to show in the result: the kernel trades that
+// for vector code.
 ChannelRanges channel_ranges(const Weight& w, std::span<const double> out_factor, std::span<const double> in_factor);
 // W[o, i, ...] *= out_factor[o] · in_factor[i] (an empty span stands for all ones), returning the
 // ranges of the result: one pass where scaling and re-measuring would take two.
