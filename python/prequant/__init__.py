@@ -45,6 +45,15 @@ from prequant._core import (  # noqa: E402
     UnsupportedError,
 )
 
+
+
+class PrepareError(UnsupportedError):
+    """A model cannot be prepared (traced and flattened) as it is. Raised by
+    ``prequant.torch.prepare_model`` and ``prequant.keras.prepare_model`` (each front end's
+    ``PrepareError`` derives from this one); ``node`` names the module or layer at fault, and the
+    message says the workaround."""
+
+
 # The weight report (imports neither torch nor tensorflow).
 from prequant.report import collect_weight_stats, write_report  # noqa: E402
 
@@ -54,6 +63,7 @@ __all__ = [
     "InvalidParameterError",
     "InvalidRequestError",
     "ModelFormatError",
+    "PrepareError",
     "UnsupportedError",
     "__version__",
     "collect_weight_stats",
