@@ -31,6 +31,9 @@ namespace prequant {
 HighBiasResult absorb_high_bias(Graph& graph, const std::vector<ClsSetResult>& sets,
                                 const std::unordered_map<std::string, FoldedBnStats>& bn_stats,
                                 double sigmas) {
+  EqualizeOptions checked;
+  checked.high_bias_sigmas = sigmas;
+  check_options(checked);
   Transaction tx(graph);
   HighBiasResult result;
   for (const auto& set : sets)

@@ -2,7 +2,8 @@
 //
 // Before: a trained graph.
 // After:  shared weights unrolled; batch norms folded; ReLU6 handled by the policy; CLS sets
-//         scaled (iterated to convergence by default); high bias absorbed using the statistics
+//         scaled (iterated to convergence by default; 'replace' turns into ReLU only the clips
+//         between scaled layers); high bias absorbed using the statistics
 //         of the BNs folded after each layer, scaled by that layer's CLS scale.
 // If any step fails, the graph and every parameter are as they were before the call.
 #include "prequant/passes.h"
@@ -11,11 +12,14 @@
 namespace prequant {
 
 EqualizeResult equalize_model(Graph& graph, const EqualizeOptions& options) {
+  check_options(options);
   Transaction tx(graph);
   EqualizeResult result;
   result.unroll = unroll_shared_weights(graph);
   if (options.fold) result.fold = fold_batch_norms(graph);
-  if (options.cls.relu6 == Relu6Policy::Replace) result.activations = replace_relu6_with_relu(graph);
+  // ReLU6 'replace' is applied by scale_cls_sets to the clips between the layers it scales
+  // (as aimet-onnx does), not to every clip: an output clamp or a ReLU6 in no scaled pair keeps
+  // its function.
   result.cls = scale_model(graph, options.cls);
   if (options.absorb_high_bias) {
     std::unordered_map<std::string, FoldedBnStats> stats;

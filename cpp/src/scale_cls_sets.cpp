@@ -69,6 +69,24 @@ PlannedSet plan_set(const Graph& graph, const ClsSetSpec& spec, Relu6Policy relu
   return set;
 }
 
+// A pair in two sets (a set given twice, or a pair inside a triple given again) would be
+// scaled twice while the clip between is bounded per set: the bound would become 6/s², and the
+// high-bias step would absorb the pair twice. Rejected instead of silently merged.
+void require_distinct_pairs(const Graph& graph, const std::vector<PlannedSet>& sets) {
+  std::unordered_map<size_t, size_t> set_of_first;  // layer1 of a pair -> index of its set
+  for (size_t k = 0; k < sets.size(); ++k)
+    for (size_t p = 0; p + 1 < sets[k].layers.size(); ++p) {
+      const auto [it, fresh] = set_of_first.emplace(sets[k].layers[p], k);
+      if (fresh) continue;
+      const std::string& a = graph.nodes[sets[k].layers[p]].name;
+      const std::string& b = graph.nodes[sets[k].layers[p + 1]].name;
+      throw InvalidRequestError("the pair '" + a + "' → '" + b + "' is in CLS set " + std::to_string(it->second + 1) +
+                                    " and again in set " + std::to_string(k + 1) +
+                                    "; give each pair once (a triple already holds both of its pairs)",
+                                a);
+    }
+}
+
 double guarded_scale(double s, double r_a, double r_b, const ClsOptions& o) {
   if (!(r_a > 0) || !(r_b > 0) || !std::isfinite(s)) return 1.0;
   return std::clamp(s, o.min_scale, o.max_scale);
@@ -93,8 +111,10 @@ void multiply_bounds(Graph& graph, const ClsLink& link, const std::vector<double
 }  // namespace
 
 ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, const ClsOptions& options) {
+  check_options(options);
   std::vector<PlannedSet> sets;
   for (const auto& spec : specs) sets.push_back(plan_set(graph, spec, options.relu6));
+  require_distinct_pairs(graph, sets);
 
   Transaction tx(graph);
   for (const auto& set : sets)
@@ -288,6 +308,7 @@ ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, con
 }
 
 ClsResult scale_model(Graph& graph, const ClsOptions& options) {
+  check_options(options);
   ClsCandidates found = find_cls_sets(graph, options.relu6);
   ClsResult result = scale_cls_sets(graph, found.sets, options);
   result.declined = std::move(found.declined);

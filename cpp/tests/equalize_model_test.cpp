@@ -179,7 +179,7 @@ TEST(EqualizeModel, ReplacePolicyEqualsTheReluModel) {
   const auto relu_out = relu_model.forward(inputs);
   ASSERT_GT(max_rel_error(relu_out, m.forward(inputs)), 1e-3) << "ReLU6 must matter on these inputs";
   const auto r = prequant::equalize_model(m.graph, options(Relu6Policy::Replace, false));
-  EXPECT_EQ(r.activations.edits.size(), 4u);
+  EXPECT_EQ(r.cls.activation_edits.size(), 4u);  // scale_cls_sets replaces the clips it scales across
   for (const char* a : {"a0", "a1", "a3", "a4"}) EXPECT_EQ(m.node(a).kind, OpKind::Relu) << a;
   EXPECT_EQ(r.cls.sets.size(), 4u);
   EXPECT_LT(max_rel_error(relu_out, m.forward(inputs)), kTol);
@@ -262,6 +262,48 @@ TEST(EqualizeModel, SecondRunFindsNothingToFoldOrAbsorb) {
   EXPECT_TRUE(r.high_bias.absorbed.empty());
   EXPECT_EQ(r.high_bias.declined.size(), 6u);
   EXPECT_LT(max_rel_error(before, m.forward(inputs)), kTol);
+}
+
+// x → conv0 → bn0 → a0 → conv1 → bn1 → a1 → t (opaque) → conv2 → a2 (output clamp at 1).
+// Only conv0 → a0 → conv1 is scaled; a1 sits in no scaled pair, a2 clamps the output.
+void build_clamped(RefModel& m) {
+  auto y = m.conv("conv0", m.input("x", {3, 6, 6}), cs(3, 8, {3, 3}, {1, 1}, 1, false));
+  y = m.clip("a0", m.batch_norm("bn0", y, 8), 0, 6);
+  y = m.conv("conv1", y, cs(8, 8, {1, 1}, {}, 1, false));
+  y = m.clip("a1", m.batch_norm("bn1", y, 8), 0, 6);
+  y = m.conv("conv2", m.opaque("t", {y}), cs(8, 4, {1, 1}, {}, 1, false));
+  m.output(m.clip("a2", y, 0, 1.0));
+}
+
+// Before: 'replace' rewrote every Clip(0, m) in the graph, the output clamp included.
+TEST(EqualizeModel, ReplaceTouchesOnlyClipsBetweenScaledLayers) {
+  RefModel m(113), expected(113), all_relu(113);
+  build_clamped(m);
+  build_clamped(expected);
+  build_clamped(all_relu);
+  expected.node("a0").kind = OpKind::Relu;
+  for (const char* a : {"a0", "a1", "a2"}) all_relu.node(a).kind = OpKind::Relu;
+  const auto inputs = m.random_inputs(2, 5, 3.0);
+  const auto want = expected.forward(inputs);
+  ASSERT_GT(max_rel_error(want, all_relu.forward(inputs)), 1e-3) << "a1/a2 must clip on these inputs";
+  const auto r = prequant::equalize_model(m.graph, options(Relu6Policy::Replace, false));
+  EXPECT_EQ(set_layers(r.cls), (Sets{{"conv0", "conv1"}}));
+  EXPECT_EQ(m.node("a0").kind, OpKind::Relu);
+  EXPECT_EQ(m.node("a1").kind, OpKind::Clip);
+  EXPECT_EQ(m.node("a2").kind, OpKind::Clip);
+  ASSERT_EQ(r.cls.activation_edits.size(), 1u);
+  EXPECT_EQ(r.cls.activation_edits[0].node, "a0");
+  EXPECT_TRUE(r.activations.edits.empty());
+  EXPECT_LT(max_rel_error(want, m.forward(inputs)), kTol);
+}
+
+// The standalone pass keeps AIMET's meaning: every ReLU6 becomes ReLU.
+TEST(EqualizeModel, StandaloneReplaceRelu6StillReplacesEveryClip) {
+  RefModel m(127);
+  build_clamped(m);
+  const auto r = prequant::replace_relu6_with_relu(m.graph);
+  EXPECT_EQ(r.edits.size(), 3u);
+  for (const char* a : {"a0", "a1", "a2"}) EXPECT_EQ(m.node(a).kind, OpKind::Relu) << a;
 }
 
 }  // namespace

@@ -614,5 +614,104 @@ TEST(ScaleIteration, ToleranceBelowFloat32ResolutionKeepsTheFunction) {
   EXPECT_LT(max_rel_error(before, m.forward(inputs)), kTol) << "after " << r.iterations << " iterations";
 }
 
+
+// ---- a pair given twice (issue 11, item 5) ----------------------------------------------------
+
+// Before the check, a set given twice bounded its ReLU6 at 6/s² while reporting the function kept.
+TEST(ScaleGivenSetsTwice, RepeatedPairIsRejectedNamingTheLayers) {
+  for (const auto& sets : std::vector<std::vector<ClsSetSpec>>{
+           {ClsSetSpec{{"c1", "c2"}}, ClsSetSpec{{"c1", "c2"}}},
+       }) {
+    RefModel m(71);
+    build_pair(m, Between::Relu6);
+    const auto snap = GraphSnapshot::take(m.graph);
+    try {
+      prequant::scale_cls_sets(m.graph, sets);
+      ADD_FAILURE() << "expected InvalidRequestError";
+    } catch (const prequant::InvalidRequestError& e) {
+      EXPECT_TRUE(contains(e.what(), "'c1' → 'c2'")) << e.what();
+      EXPECT_TRUE(contains(e.what(), "set 1 and again in set 2")) << e.what();
+      EXPECT_EQ(e.node(), "c1");
+    }
+    EXPECT_EQ(snap.diff(GraphSnapshot::take(m.graph)), "");
+  }
+}
+
+TEST(ScaleGivenSetsTwice, PairInsideAGivenTripleIsRejected) {
+  RefModel m(73);
+  build_triple(m);
+  try {
+    prequant::scale_cls_sets(m.graph, {ClsSetSpec{{"c1", "dw", "c3"}}, ClsSetSpec{{"dw", "c3"}}});
+    ADD_FAILURE() << "expected InvalidRequestError";
+  } catch (const prequant::InvalidRequestError& e) {
+    EXPECT_TRUE(contains(e.what(), "'dw' → 'c3'")) << e.what();
+  }
+}
+
+TEST(ScaleGivenSetsTwice, OverlappingChainIsStillAccepted) {  // negative case: must not fire
+  RefModel m(79);
+  build_chain3(m);
+  const auto inputs = m.random_inputs(2, 2);
+  const auto before = m.forward(inputs);
+  const auto res = prequant::scale_cls_sets(m.graph, {ClsSetSpec{{"c1", "c2"}}, ClsSetSpec{{"c2", "c3"}}});
+  EXPECT_EQ(res.sets.size(), 2u);
+  EXPECT_LT(max_rel_error(before, m.forward(inputs)), kTol);
+}
+
+// ---- options checked at the entry (issue 11, item 7) ------------------------------------------
+
+TEST(ScaleOptions, InvalidOptionsAreRejectedBeforeAnyWrite) {
+  auto bad = [](auto edit, const char* part) {
+    RefModel m(83);
+    build_pair(m, Between::Relu);
+    const auto snap = GraphSnapshot::take(m.graph);
+    ClsOptions o;
+    edit(o);
+    try {
+      prequant::scale_model(m.graph, o);
+      ADD_FAILURE() << "expected InvalidRequestError for " << part;
+    } catch (const prequant::InvalidRequestError& e) {
+      EXPECT_TRUE(contains(e.what(), part)) << e.what();
+    }
+    prequant::EqualizeOptions eo;
+    eo.cls = o;
+    EXPECT_THROW(prequant::equalize_model(m.graph, eo), prequant::InvalidRequestError) << part;
+    EXPECT_THROW(prequant::scale_cls_sets(m.graph, {ClsSetSpec{{"c1", "c2"}}}, o), prequant::InvalidRequestError);
+    EXPECT_EQ(snap.diff(GraphSnapshot::take(m.graph)), "");
+  };
+  bad([](ClsOptions& o) { o.min_scale = 0; }, "min_scale");
+  bad([](ClsOptions& o) { o.min_scale = -1; }, "min_scale");
+  bad([](ClsOptions& o) { o.min_scale = NAN; }, "min_scale");
+  bad([](ClsOptions& o) { o.max_scale = 1e-7; }, "max_scale");  // below min_scale: UB in std::clamp
+  bad([](ClsOptions& o) { o.max_scale = INFINITY; }, "max_scale");
+  bad([](ClsOptions& o) { o.tolerance = -1e-3; }, "tolerance");
+  bad([](ClsOptions& o) { o.tolerance = NAN; }, "tolerance");
+  bad([](ClsOptions& o) { o.max_iterations = 0; }, "max_iterations");
+}
+
+TEST(ScaleOptions, HighBiasSigmasChecked) {
+  RefModel m(89);
+  build_pair(m, Between::Relu);
+  prequant::EqualizeOptions o;
+  for (double sigmas : {-1.0, double(NAN), double(INFINITY)}) {
+    o.high_bias_sigmas = sigmas;
+    EXPECT_THROW(prequant::equalize_model(m.graph, o), prequant::InvalidRequestError) << sigmas;
+    EXPECT_THROW(prequant::absorb_high_bias(m.graph, {}, {}, sigmas), prequant::InvalidRequestError) << sigmas;
+  }
+}
+
+TEST(ScaleOptions, EdgeValuesAreAccepted) {  // negative case: must not fire
+  RefModel m(97);
+  build_pair(m, Between::Relu);
+  ClsOptions o;
+  o.min_scale = o.max_scale = 1.0;  // equal bounds: every scale is 1
+  o.tolerance = 0;
+  o.max_iterations = 1;
+  const auto res = prequant::scale_model(m.graph, o);
+  for (double s : res.sets.at(0).pairs.at(0).scale) EXPECT_EQ(s, 1.0);
+  EXPECT_EQ(ClsOptions{}.max_iterations, prequant::kDefaultMaxIterations);
+  EXPECT_EQ(prequant::EqualizeOptions{}.cls.max_iterations, prequant::kDefaultMaxIterations);
+}
+
 }  // namespace
 }  // namespace pqtest

@@ -47,7 +47,7 @@ struct Options {
   bool overwrite = false;
   std::string relu6 = "bound";
   bool high_bias = false;
-  int iterations = 100;
+  int iterations = prequant::kDefaultMaxIterations;
   std::string before = "folded";  // report: the baseline
   int bits = 8;
   int max_layer_plots = 24;
@@ -172,9 +172,7 @@ int run_fold(const Options& o) {
 }
 
 prequant::EqualizeOptions equalize_options(const Options& o) {
-  if (o.iterations < 1)
-    throw prequant::InvalidRequestError("--iterations must be at least 1 (1 = one pass over the sets)");
-  prequant::EqualizeOptions options;
+  prequant::EqualizeOptions options;  // the engine validates it (check_options)
   options.cls.relu6 = prequant::parse_relu6_policy(o.relu6);
   options.cls.max_iterations = o.iterations;
   options.absorb_high_bias = o.high_bias;

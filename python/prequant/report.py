@@ -113,7 +113,7 @@ def _summary(result, relu6: str, absorb_high_bias: bool) -> str:
 
 
 def write_report(model: Any, out_dir: str | os.PathLike, *, before: str = "folded", bits: int = 8,
-                 relu6: str = "bound", absorb_high_bias: bool = False, max_iterations: int = 100,
+                 relu6: str = "bound", absorb_high_bias: bool = False, max_iterations: int = _core.DEFAULT_MAX_ITERATIONS,
                  max_layer_plots: int = 24, max_channels: int = 128, title: str | None = None,
                  base_dir: str | os.PathLike | None = None) -> Report:
     """Equalize a copy of `model` and write the weight report of before vs after into `out_dir`.

@@ -105,9 +105,7 @@ std::unordered_map<std::string, FoldedBnStats> bn_stats_of(nb::handle stats) {
 ClsOptions cls_options(const std::string& relu6, int max_iterations, double tolerance, double min_scale,
                        double max_scale) {
   ClsOptions o;
-  o.relu6 = parse_relu6_policy(relu6);
-  if (max_iterations < 1)
-    throw InvalidRequestError("max_iterations must be at least 1, got " + std::to_string(max_iterations) + ".");
+  o.relu6 = parse_relu6_policy(relu6);  // the values are checked by the pass (check_options)
   o.max_iterations = max_iterations;
   o.tolerance = tolerance;
   o.min_scale = min_scale;
@@ -173,7 +171,7 @@ void bind_passes(nb::module_& m) {
         ClsOptions o = cls_options(relu6, max_iterations, tolerance, min_scale, max_scale);
         return run_without_gil(g, [&](Graph& graph) { return scale_cls_sets(graph, specs, o); });
       },
-      "graph"_a, "sets"_a, "relu6"_a = "bound", "max_iterations"_a = 1, "tolerance"_a = 1e-6, "min_scale"_a = 1e-6,
+      "graph"_a, "sets"_a, "relu6"_a = "bound", "max_iterations"_a = kDefaultMaxIterations, "tolerance"_a = 1e-6, "min_scale"_a = 1e-6,
       "max_scale"_a = 1e6,
       "Scales the given sets (ClsCandidates, or lists of 2 or 3 layer names / ClsSetSpec). relu6: 'replace', "
       "'bound' or 'skip'.");
@@ -185,7 +183,7 @@ void bind_passes(nb::module_& m) {
         ClsOptions o = cls_options(relu6, max_iterations, tolerance, min_scale, max_scale);
         return run_without_gil(g, [&](Graph& graph) { return scale_model(graph, o); });
       },
-      "graph"_a, "relu6"_a = "bound", "max_iterations"_a = 1, "tolerance"_a = 1e-6, "min_scale"_a = 1e-6,
+      "graph"_a, "relu6"_a = "bound", "max_iterations"_a = kDefaultMaxIterations, "tolerance"_a = 1e-6, "min_scale"_a = 1e-6,
       "max_scale"_a = 1e6, "Finds the CLS sets and scales them.");
 
   m.def(
@@ -210,7 +208,7 @@ void bind_passes(nb::module_& m) {
         o.high_bias_sigmas = sigmas;
         return run_without_gil(g, [&](Graph& graph) { return equalize_model(graph, o); });
       },
-      "graph"_a, "relu6"_a = "bound", "max_iterations"_a = 100, "tolerance"_a = 1e-6, "min_scale"_a = 1e-6,
+      "graph"_a, "relu6"_a = "bound", "max_iterations"_a = kDefaultMaxIterations, "tolerance"_a = 1e-6, "min_scale"_a = 1e-6,
       "max_scale"_a = 1e6, "fold"_a = true, "absorb_high_bias"_a = false, "high_bias_sigmas"_a = 3.0,
       "Unroll, fold, ReLU6 policy, cross-layer scaling and high-bias absorption in one call.");
 }

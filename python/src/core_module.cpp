@@ -1,6 +1,7 @@
 // prequant._core — the engine as a Python extension. The Python package `prequant` owns the
 // public API and re-exports what users need from here.
 #include "bindings.h"
+#include "prequant/passes.h"
 #include "prequant/testing.h"
 
 NB_MODULE(_core, m) {
@@ -15,6 +16,8 @@ NB_MODULE(_core, m) {
   bind_passes(m);
   bind_onnx(m);
   bind_weight_report(m);
+  // The one default for CLS iterations; the front ends import it from here.
+  m.attr("DEFAULT_MAX_ITERATIONS") = prequant::kDefaultMaxIterations;
   // Fault injection for atomicity tests: the (n+1)-th parameter write of any pass raises Error.
   m.def("_set_fail_after_writes", &prequant::testing::set_fail_after_writes, nanobind::arg("n"),
         "Tests only: make the (n+1)-th parameter write of any pass fail (n < 0 disables).");

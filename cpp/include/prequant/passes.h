@@ -24,22 +24,34 @@ enum class Relu6Policy {
 const char* relu6_policy_name(Relu6Policy p);
 Relu6Policy parse_relu6_policy(const std::string& name);  // "replace" | "bound" | "skip"
 
+// The one default for CLS iterations, shared by C++, the CLI and Python (_core.DEFAULT_MAX_ITERATIONS).
+// Iterating only rescales sets whose neighbours moved, so on sets that do not overlap it costs
+// one pass, as AIMET's single pass; on overlapping sets (chains) it converges instead of
+// stopping after the first disturbance.
+inline constexpr int kDefaultMaxIterations = 100;
+
 struct ClsOptions {
   Relu6Policy relu6 = Relu6Policy::Bound;
-  int max_iterations = 1;      // 1 = one pass over the sets (AIMET); more iterate overlapping sets
+  int max_iterations = kDefaultMaxIterations;  // 1 = one pass over the sets (AIMET)
   double tolerance = 1e-6;     // stop when every |ln s| of an iteration is below this
   double min_scale = 1e-6;     // clamp for s
   double max_scale = 1e6;
 };
 
 struct EqualizeOptions {
-  ClsOptions cls{Relu6Policy::Bound, 100, 1e-6, 1e-6, 1e6};
+  ClsOptions cls;
   bool fold = true;
   // Off by default: high-bias absorption only approximates the function (the 3σ rule), and on
   // EfficientNet-Lite0 it did not improve INT8 accuracy (docs/BENCHMARKS.md). AIMET runs it.
   bool absorb_high_bias = false;
   double high_bias_sigmas = 3.0;
 };
+
+// check_options.cpp — InvalidRequestError with the fix unless min_scale > 0, max_scale ≥
+// min_scale (both finite), tolerance ≥ 0 finite, max_iterations ≥ 1, high_bias_sigmas ≥ 0
+// finite. Every pass taking options calls it first.
+void check_options(const ClsOptions& options);
+void check_options(const EqualizeOptions& options);
 
 // unroll_shared_weights.cpp — give every node its own copy of a weight shared by several.
 UnrollResult unroll_shared_weights(Graph& graph);

@@ -54,6 +54,7 @@ from prequant.keras import activations as _activations  # noqa: F401  (registers
 from prequant.keras._engine_graph import (
     EngineGraph,
     Param,
+    _has_padding,
     add_bias_variable,
     apply_in_place,
     build_engine_graph,
@@ -72,7 +73,7 @@ __all__ = [
     "replace_relu6_with_relu",
 ]
 
-DEFAULT_MAX_ITERATIONS = 100
+DEFAULT_MAX_ITERATIONS = _core.DEFAULT_MAX_ITERATIONS  # the engine's one default (passes.h)
 L = keras.layers
 
 
@@ -144,7 +145,10 @@ class _ChainGraph:
         kernel, view, layout, kind = spec
         weight = self._copy(name, "weight", kernel, view)
         bias = self._copy(name, "bias", layer.bias) if layer.use_bias else None
-        self.graph.add_conv(name, [inp], [out], weight, layout, bias, kind=kind, op_type=t.__name__)
+        # Padding as the model translation marks it: the engine declines bias moves into a padded layer.
+        padded = _has_padding(layer, tuple(kernel.shape)[:-2])
+        self.graph.add_conv(name, [inp], [out], weight, layout, bias, has_padding=padded, kind=kind,
+                            op_type=t.__name__)
 
     def write_back(self, bias_added=()) -> None:
         for param in self.params.values():

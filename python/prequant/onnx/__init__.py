@@ -47,7 +47,7 @@ def fold_all_batch_norms(model: Any, base_dir=None):
 
 
 def equalize_model(model: Any, relu6: str = "bound", *, absorb_high_bias: bool = False,
-                   max_iterations: int = 100, base_dir=None):
+                   max_iterations: int = _core.DEFAULT_MAX_ITERATIONS, base_dir=None):
     """Unroll shared weights, fold batch norms, apply the ReLU6 policy, scale CLS sets (and, with
     ``absorb_high_bias=True``, absorb high bias); returns (new ModelProto, EqualizeResult)."""
     m = load(model, base_dir)

@@ -30,6 +30,7 @@ from prequant import _core
 from prequant._cls_info import ClsSetInfo, ClsSetLayerPairInfo, cls_set_infos
 from prequant.torch._engine_graph import (
     EngineGraph,
+    _has_padding,
     _view,
     apply_activation_edits,
     apply_equalize,
@@ -46,7 +47,7 @@ __all__ = [
     "replace_relu6_with_relu",
 ]
 
-DEFAULT_MAX_ITERATIONS = 100
+DEFAULT_MAX_ITERATIONS = _core.DEFAULT_MAX_ITERATIONS  # the engine's one default (passes.h)
 
 
 # ---- graphs for the manual APIs ---------------------------------------------------------------
@@ -100,9 +101,10 @@ def _add_layer(g: _core.Graph, name: str, m: nn.Module, inp: str, out: str) -> N
     else:
         raise _core.InvalidRequestError(
             f"{type(m).__name__} cannot be cross-layer scaled; CLS sets hold Conv, ConvTranspose and Linear layers")
+    # Padding as the model translation marks it: the engine declines bias moves into a padded layer.
     g.add_conv(name, [inp], [out], _view(m.weight, name, "weight"), layout,
                None if m.bias is None else _view(m.bias, name, "bias"),
-               kind=kind, op_type=type(m).__name__)
+               has_padding=kind == "conv" and _has_padding(m), kind=kind, op_type=type(m).__name__)
 
 
 def _give_biases(g: _core.Graph, names: dict[int, str], modules: list, engine_names) -> None:
