@@ -10,6 +10,7 @@
 //   BN→conv  tried only when conv→BN is not possible: the BN's output feeds only this layer;
 //            the layer does not pad (a padded border would see zeros, not normalized zeros) and
 //            is not transposed (a transposed conv's outputs see varying numbers of taps).
+//   Both     a channels-last Linear (PyTorch) and the BN (axis 1) meet only on a 2-D tensor.
 //            Grouped layers are exact: each input channel maps to its own group.
 #include "fold_checks.h"
 #include "pass_util.h"
@@ -31,6 +32,7 @@ std::string why_not_foldable(const Graph& graph, size_t layer_index, size_t bn_i
   if (const Node* other = weight_sharer(graph, layer))
     return "'" + layer.name + "' shares its weight with '" + other->name +
            "'; folding would change both — run unroll_shared_weights first";
+  if (std::string why = why_channel_axes_differ(layer, bn); !why.empty()) return why;
   if (direction == FoldDirection::ConvThenBn) {
     const std::string& t = layer.outputs[0];
     if (bn.inputs[0] != t) return "'" + bn.name + "' does not read the output of '" + layer.name + "'";
@@ -64,6 +66,13 @@ std::string why_not_foldable(const Graph& graph, size_t layer_index, size_t bn_i
   return {};
 }
 
+namespace {
+// " (why the front end kept it opaque)" for an opaque node with a reason, else "".
+std::string opaque_why(const Node& n) {
+  return n.kind == OpKind::Opaque && !n.opaque_reason.empty() ? " (" + n.opaque_reason + ")" : "";
+}
+}  // namespace
+
 FoldResult find_batch_norm_folds(const Graph& graph) {
   FoldResult result;
   for (size_t j = 0; j < graph.nodes.size(); ++j) {
@@ -80,7 +89,8 @@ FoldResult find_batch_norm_folds(const Graph& graph) {
       }
     } else {
       before = producer ? "its input comes from " + std::string(op_kind_name(graph.nodes[*producer].kind)) +
-                              " '" + graph.nodes[*producer].name + "', not a conv or linear layer"
+                              " '" + graph.nodes[*producer].name + "', not a conv or linear layer" +
+                              opaque_why(graph.nodes[*producer])
                         : "its input is a graph input";
     }
     const auto& users = graph.consumers(bn.outputs[0]);
@@ -92,7 +102,7 @@ FoldResult find_batch_norm_folds(const Graph& graph) {
       }
     } else if (users.size() == 1) {
       after = "its output feeds " + std::string(op_kind_name(graph.nodes[users[0]].kind)) + " '" +
-              graph.nodes[users[0]].name + "', not a conv or linear layer";
+              graph.nodes[users[0]].name + "', not a conv or linear layer" + opaque_why(graph.nodes[users[0]]);
     } else {
       after = users.empty() ? "its output is not read by any layer"
                             : "its output feeds " + join_names(graph, users);

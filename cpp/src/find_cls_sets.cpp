@@ -6,7 +6,8 @@
 //   L1 → L2 is a pair when L1's output reaches L2 through nodes that each have a single consumer
 //   and are positively homogeneous per channel (f(a·x) = a·f(x), a > 0): ReLU, LeakyReLU,
 //   PReLU, identity, zero padding, max/average pooling, and Clip(0, m) (ReLU6) unless the ReLU6
-//   policy is 'skip'. The channel counts must agree and neither weight may be shared.
+//   policy is 'skip'. The channel counts must agree and neither weight may be shared; a
+//   channels-last Linear (PyTorch) pairs with a conv only on a 2-D tensor.
 //   L1 → DW → L3 is a triple when DW is depthwise (one filter per channel) and L3 is not; DW then
 //   starts no set of its own. Other sets may overlap (L1→L2, L2→L3): scale_cls_sets iterates them.
 #include <cmath>
@@ -54,6 +55,10 @@ std::optional<ClsLink> follow_to_next_layer(const Graph& graph, size_t layer, Re
         if (n.in_channels() != l1.out_channels()) {
           why = "'" + l1.name + "' has " + std::to_string(l1.out_channels()) +
                 " output channels but '" + n.name + "' takes " + std::to_string(n.in_channels());
+          return std::nullopt;
+        }
+        if (std::string axes = why_channel_axes_differ(l1, n); !axes.empty()) {
+          why = axes;
           return std::nullopt;
         }
         if (const Node* s = weight_sharer(graph, l1); s) {

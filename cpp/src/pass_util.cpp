@@ -75,6 +75,20 @@ std::string join_names(const Graph& graph, const std::vector<size_t>& indices) {
   return out;
 }
 
+std::string why_channel_axes_differ(const Node& a, const Node& b) {
+  if (a.channels_last == b.channels_last) return {};
+  const Node& lin = a.channels_last ? a : b;
+  const Node& other = a.channels_last ? b : a;
+  if (lin.input_rank == 2) return {};
+  const std::string rank = lin.input_rank > 0 ? "a rank-" + std::to_string(lin.input_rank) + " tensor"
+                                              : "a tensor of unknown rank";
+  return "'" + lin.name + "' (" + (lin.op_type.empty() ? "Linear" : lin.op_type) +
+         ") contracts the last axis of " + rank + ", but '" + other.name + "' (" +
+         (other.op_type.empty() ? op_kind_name(other.kind) : other.op_type) +
+         ") has its channels on axis 1; they pair only on 2-D tensors" +
+         (lin.input_rank == 0 ? " (pass input_shapes= or dummy_input= to show the rank)" : "");
+}
+
 const Node* weight_sharer(const Graph& graph, const Node& layer) {
   for (const Node& other : graph.nodes)
     if (&other != &layer && !other.removed && other.is_layer() &&

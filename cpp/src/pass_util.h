@@ -32,6 +32,10 @@ std::vector<double> contract_in_channels_pending(const Transaction& tx, const We
 // "a, b and c" for messages.
 std::string join_names(const Graph& graph, const std::vector<size_t>& indices);
 
+// Empty if `a` and `b` (layers or batch norms) see their channels on the same axis; else why
+// not: a channels-last Linear meets a conv or BN (axis 1) on a tensor not known to be 2-D.
+std::string why_channel_axes_differ(const Node& a, const Node& b);
+
 // Another live layer whose weight points at the same memory as `layer`'s, or nullptr.
 const Node* weight_sharer(const Graph& graph, const Node& layer);
 

@@ -197,6 +197,27 @@ TEST(FindClsSetsDeclined, FlattenBetweenConvAndLinear) {
   expect_declined(m, "c1", {"'flat'", "Flatten"});
 }
 
+TEST(FindClsSetsDeclined, ChannelsLastLinearOnConvOutput) {
+  // PyTorch nn.Linear applied to a conv's (N, C, H, W) output contracts W, not C.
+  RefModel m;
+  auto y = m.relu("r", m.conv("c1", m.input("x", {3, 4, 4}), conv_spec(3, 4, {3, 3}, {1, 1})));
+  m.output(m.linear("fc", y, 4, 3));
+  m.node("fc").channels_last = true;
+  m.node("fc").input_rank = 4;
+  expect_declined(m, "c1", {"'fc'", "contracts the last axis of a rank-4 tensor", "'c1'"});
+}
+
+TEST(FindClsSets, ChannelsLastLinearsPairAtAnyRank) {
+  RefModel m;
+  auto y = m.relu("r", m.linear("fc1", m.input("x", {5}), 5, 6));
+  m.output(m.linear("fc2", y, 6, 3));
+  for (const char* n : {"fc1", "fc2"}) {
+    m.node(n).channels_last = true;
+    m.node(n).input_rank = 3;
+  }
+  EXPECT_EQ(prequant::find_cls_sets(m.graph, Relu6Policy::Bound).sets.size(), 1u);
+}
+
 TEST(FindClsSetsDeclined, BatchNormBetween) {
   RefModel m;
   auto y = m.conv("c1", m.input("x", {3, 6, 6}), conv_spec(3, 4, {3, 3}, {1, 1}));

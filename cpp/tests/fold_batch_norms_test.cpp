@@ -354,6 +354,37 @@ TEST(FoldDeclined, SharedWeight) {
   expect_declined(m, "bn_b", {"shares its weight", "unroll_shared_weights"});
 }
 
+TEST(FoldDeclined, ChannelsLastLinearNextToBnOnRank3) {
+  // PyTorch nn.Linear on (N, C, L) contracts L; a BatchNorm1d normalizes C. Equal counts do not
+  // make them the same axis.
+  for (int rank : {3, 0}) {
+    RefModel m;
+    auto y = m.linear("fc", m.input("x", {7}), 7, 7);
+    m.node("fc").channels_last = true;
+    m.node("fc").input_rank = rank;
+    m.output(m.batch_norm("bn", y, 7));
+    expect_declined(m, "bn", {"contracts the last axis", rank ? "rank-3" : "unknown rank", "axis 1"});
+  }
+  RefModel m;
+  auto y = m.batch_norm("bn", m.input("x", {7}), 7);
+  m.output(m.linear("fc", y, 7, 5));
+  m.node("fc").channels_last = true;
+  m.node("fc").input_rank = 3;
+  expect_declined(m, "bn", {"BN→conv: 'fc' (", "contracts the last axis of a rank-3 tensor"});
+}
+
+TEST(FoldChannelsLast, LinearAndBnOnRank2Fold) {
+  RefModel m;
+  auto y = m.linear("fc", m.input("x", {7}), 7, 5);
+  m.node("fc").channels_last = true;
+  m.node("fc").input_rank = 2;
+  m.output(m.relu("r", m.batch_norm("bn", y, 5)));
+  const auto inputs = m.random_inputs(2, 3);
+  const auto before = m.forward(inputs);
+  ASSERT_EQ(prequant::fold_batch_norms(m.graph).folded.size(), 1u);
+  EXPECT_LT(max_rel_error(before, m.forward(inputs)), kTol);
+}
+
 TEST(FoldDeclined, ActivationBetween) {
   RefModel m;
   auto c = m.conv("conv", m.input("x", {3, 5, 5}), spec(3, 4, {3, 3}, {1, 1}));

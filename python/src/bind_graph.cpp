@@ -345,9 +345,12 @@ void bind_graph(nb::module_& m) {
           "add_conv",
           [](PyGraph& self, const std::string& name, nb::handle inputs, nb::handle outputs,
              nb::handle weight, nb::handle layout, nb::handle bias, bool has_padding, int spatial_rank,
-             const std::string& kind, const std::string& op_type, nb::handle names) {
+             const std::string& kind, const std::string& op_type, nb::handle names, bool channels_last,
+             int input_rank) {
             Node node;
             node.name = name;
+            node.channels_last = channels_last;
+            node.input_rank = input_rank;
             if (kind == "conv") {
               node.kind = OpKind::Conv;
             } else if (kind == "linear") {
@@ -371,11 +374,13 @@ void bind_graph(nb::module_& m) {
           },
           "name"_a, "inputs"_a, "outputs"_a, "weight"_a, "layout"_a = nb::none(), "bias"_a = nb::none(),
           "has_padding"_a = false, "spatial_rank"_a = -1, "kind"_a = "conv", "op_type"_a = "",
-          "names"_a = nb::none(),
+          "names"_a = nb::none(), "channels_last"_a = false, "input_rank"_a = 0,
           "Adds a conv or linear layer. `layout` is a ChannelLayout or (out_axis, in_axis[, groups[, "
           "transposed]]) (default: torch's (0, 1, 1, False)); negative axes count from the end. "
           "`spatial_rank` defaults to weight.ndim - 2 for conv, 0 for linear. `names` maps "
-          "'weight'/'bias' to framework parameter names.")
+          "'weight'/'bias' to framework parameter names. `channels_last=True` marks a linear layer "
+          "contracting the last axis in a channels-first graph (PyTorch); `input_rank` is the rank "
+          "of its input (0: unknown): it pairs with a conv or batch norm only at rank 2.")
       .def(
           "add_batch_norm",
           [](PyGraph& self, const std::string& name, nb::handle inputs, nb::handle outputs, nb::handle gamma,
@@ -430,17 +435,19 @@ void bind_graph(nb::module_& m) {
       .def(
           "add_opaque",
           [](PyGraph& self, const std::string& name, const std::string& op_type, nb::handle inputs,
-             nb::handle outputs) {
+             nb::handle outputs, const std::string& reason) {
             Node node;
             node.name = name;
             node.kind = OpKind::Opaque;
             node.op_type = op_type;
+            node.opaque_reason = reason;
             node.inputs = names_of(inputs, "inputs");
             node.outputs = names_of(outputs, "outputs");
             add_node(self, std::move(node), {});
           },
-          "name"_a, "op_type"_a, "inputs"_a, "outputs"_a,
-          "Adds a node the engine never looks into; it blocks folding and scaling across it.")
+          "name"_a, "op_type"_a, "inputs"_a, "outputs"_a, "reason"_a = "",
+          "Adds a node the engine never looks into; it blocks folding and scaling across it. "
+          "`reason` says why the front end could not map it (shown in every decline it causes).")
       .def_prop_rw(
           "graph_inputs", [](const PyGraph& self) { auto lock = self.lock(); return self.graph().graph_inputs; },
           [](PyGraph& self, nb::handle names) {

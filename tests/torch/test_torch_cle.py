@@ -50,7 +50,9 @@ def test_fold_bn_before_conv_and_declined_reasons():
     model = randomize_bn(BnFirst()).eval()
     x, y = torch.randn(5, 6), torch.randn(2, 3, 8, 8)
     ref = model(x, y)
-    pairs, result = fold_all_batch_norms(model, return_result=True)
+    # x is a graph input: its rank (2, so BN1d's channels are the Linear's last axis) comes
+    # from dummy_input; without it the pair is declined (test_torch_no_silent_change.py)
+    pairs, result = fold_all_batch_norms(model, dummy_input=(x, y), return_result=True)
     assert [(a, b) for a, b in pairs] == [(model.fc, pairs[0][1])]
     assert isinstance(model.bn, nn.Identity) and isinstance(model.bn_pad, nn.BatchNorm2d)
     assert "pads its input" in result.explain()

@@ -49,6 +49,12 @@ struct Node {
   TensorView bias;                   // empty: the layer has no bias
   bool has_padding = false;          // the conv pads its input (BN→conv fold would be inexact)
   int spatial_rank = 0;              // 0 for Linear, 1..3 for ConvNd
+  // Linear in a channels-first graph (PyTorch nn.Linear): it contracts the LAST axis, while conv
+  // and batch-norm channels sit on axis 1; the two agree only on 2-D tensors. `input_rank` is the
+  // rank of its data input (0: unknown). False where channel axes agree by construction (Keras:
+  // last everywhere; ONNX: the reader tracks axes itself).
+  bool channels_last = false;
+  int input_rank = 0;
 
   // BatchNorm
   TensorView gamma, beta, mean, var;

@@ -8,10 +8,21 @@ After:  a ``_core.Graph`` whose parameters are zero-copy views of the module's p
         a per-channel ``BoundedReLU``).
 
 The front end decides nothing about folding or scaling: it only says what each fx node is.
+Three facts it must state so the engine cannot change the function without knowing:
+- shared state: a module called twice, or a parameter held by two modules (or read directly by
+  the graph), is given its own copy per call in a GraphModule (as ``prepare_model`` does; undone
+  if the engine fails) and is opaque in a plain module, whose forward cannot be rewritten;
+- subclasses: a module whose class overrides ``forward`` of a torch.nn class is opaque;
+- ranks: nn.Linear contracts the last axis, conv/BN channels sit on axis 1, so each Linear
+  carries the rank of its input (derived from the fx graph, no forward pass).
+Shape reads (``x.size()``, ``x.ndim``, ``x.shape``) are not data consumers and are left out.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -49,6 +60,32 @@ class EngineGraph:
     modules: dict[str, nn.Module] = field(default_factory=dict)   # engine node -> module
     module_names: dict[int, str] = field(default_factory=dict)    # id(module) -> qualified name
 
+    undo: list = field(default_factory=list)                      # unrolling steps to revert
+
+    def restore(self) -> None:
+        """Revert the unrolling build_engine_graph did (after an engine failure)."""
+        for step in reversed(self.undo):
+            if step[0] == "target":
+                _, node, old, new = step
+                node.target = old
+                parent, _, leaf = new.rpartition(".")
+                delattr(self.model.get_submodule(parent) if parent else self.model, leaf)
+            else:
+                _, holder, attr, tensor = step
+                setattr(holder, attr, tensor)
+        if self.undo:
+            self.model.recompile()
+        self.undo = []
+
+    @contextlib.contextmanager
+    def restored_on_error(self):
+        """Undo the unrolling if the engine call (or applying its result) fails."""
+        try:
+            yield self
+        except BaseException:
+            self.restore()
+            raise
+
     def module(self, node_name: str) -> nn.Module:
         return self.modules[node_name]
 
@@ -85,17 +122,22 @@ def _has_padding(conv: nn.Module) -> bool:
     return any(p != 0 for p in padding) or getattr(conv, "output_padding", (0,)) != (0,) * len(padding)
 
 
-def _data_inputs(node: torch.fx.Node) -> list[str]:
+def _data_inputs(node: torch.fx.Node, shape_reads=frozenset()) -> list[str]:
     names: list[str] = []
-    torch.fx.node.map_arg((node.args, node.kwargs), lambda n: names.append(n.name))
+    torch.fx.node.map_arg((node.args, node.kwargs),
+                          lambda n: None if n in shape_reads else names.append(n.name))
     return list(dict.fromkeys(names))
 
 
 class _LeafTracer(torch.fx.Tracer):
-    """torch.nn's modules and prequant's BoundedReLU stay single nodes."""
+    """torch.nn's modules, prequant's BoundedReLU, and subclasses of the layers the engine knows
+    that do not change how they compute, stay single nodes. (A subclass overriding forward
+    outside torch.nn is traced into, fx's default.)"""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, BoundedReLU) or super().is_leaf_module(m, qualname)
+        if isinstance(m, _KNOWN) and _overridden_base(m) is None:
+            return True
+        return super().is_leaf_module(m, qualname)
 
 
 def trace_graph(model: nn.Module) -> torch.fx.Graph:
@@ -113,17 +155,27 @@ def trace_graph(model: nn.Module) -> torch.fx.Graph:
         ) from exc
 
 
-def build_engine_graph(model: nn.Module) -> EngineGraph:
-    """Translate `model` (eval mode, CPU, float32/64) into an engine graph."""
+def build_engine_graph(model: nn.Module, *, unroll_shared: bool = False, input_ranks=None) -> EngineGraph:
+    """Translate `model` (eval mode, CPU, float32/64) into an engine graph.
+
+    ``unroll_shared=True`` (the mutating entry points): in a GraphModule, each later call of a
+    module holding parameters gets its own copy and tied parameters are untied, so the engine can
+    edit each call alone (``EngineGraph.restore`` undoes it). Otherwise shared layers are opaque.
+    ``input_ranks``: the rank of each forward input when known (from dummy_input/input_shapes)."""
     if model.training:
         raise PrequantTorchError(
             f"{type(model).__name__} is in training mode: batch norms then use batch statistics "
             f"and folding would change the model — call model.eval() first"
         )
     fx_graph = trace_graph(model)
-    modules = dict(model.named_modules(remove_duplicate=False))
     result = EngineGraph(_core.Graph(), model)
+    if unroll_shared and isinstance(model, torch.fx.GraphModule):
+        result.undo = _unroll_shared_state(model)
+    modules = dict(model.named_modules(remove_duplicate=False))
     result.module_names = {id(m): name for name, m in model.named_modules()}
+    shared = _shared_state_reasons(fx_graph, modules)
+    shape_reads = _shape_reads(fx_graph)
+    ranks = _tensor_ranks(fx_graph, modules, input_ranks)
     calls: dict[str, int] = {}
     for node in fx_graph.nodes:
         if node.op == "call_module":
@@ -138,16 +190,22 @@ def build_engine_graph(model: nn.Module) -> EngineGraph:
         if node.op == "output":
             outs: list[str] = []
             torch.fx.node.map_arg(node.args, lambda n: outs.append(n.name))
-            g.graph_outputs = outs
+            g.graph_outputs = [o for o in outs if o not in shape_reads]
             continue
-        inputs, outputs = _data_inputs(node), [node.name]
+        if node in shape_reads:
+            continue  # reads sizes or rank, not values: not a consumer of the tensor
+        inputs, outputs = _data_inputs(node, shape_reads), [node.name]
         if node.op == "call_module":
             module = modules[node.target]
             k = seen.get(node.target, 0)
             seen[node.target] = k + 1
             name = node.target if k == 0 else f"{node.target}#{k}"
             result.modules[name] = module
-            _add_module(g, name, module, node, inputs, outputs, calls[node.target])
+            if node.target in shared:
+                g.add_opaque(name, type(module).__name__, inputs, outputs, reason=shared[node.target])
+                continue
+            rank = ranks.get(node.args[0]) if node.args and isinstance(node.args[0], torch.fx.Node) else None
+            _add_module(g, name, module, node, inputs, outputs, calls[node.target], rank)
         elif node.op == "call_function" and node.target in _RELU_FUNCTIONS:
             g.add_activation(node.name, "relu", inputs[:1], outputs, op_type="F.relu")
         elif node.op == "call_method" and node.target == "relu":
@@ -159,9 +217,152 @@ def build_engine_graph(model: nn.Module) -> EngineGraph:
     return result
 
 
-def _add_module(g, name, module, node, inputs, outputs, calls):
+def input_ranks_of(dummy_input=None, input_shapes=None):
+    """Ranks of the forward inputs from AIMET's dummy_input / input_shapes arguments, or None."""
+    if dummy_input is not None:
+        items = dummy_input if isinstance(dummy_input, (tuple, list)) else [dummy_input]
+        return [t.dim() if isinstance(t, torch.Tensor) else None for t in items]
+    if input_shapes is not None and len(input_shapes):
+        shapes = input_shapes if isinstance(input_shapes[0], (tuple, list)) else [input_shapes]
+        return [len(s) for s in shapes]
+    return None
+
+
+# ---- shape reads (not data consumers) ----------------------------------------------------------
+
+# Methods and attributes that read a tensor's metadata, never its values (x.item() reads values).
+_SHAPE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement", "element_size", "stride",
+                            "storage_offset", "is_contiguous", "get_device", "is_floating_point",
+                            "is_complex"})
+_SHAPE_ATTRIBUTES = frozenset({"shape", "ndim", "dtype", "device", "is_cuda", "layout", "requires_grad",
+                               "is_quantized", "is_sparse", "names"})
+_SCALAR_MODULES = frozenset({"_operator", "operator", "math", "builtins"})
+
+
+def _shape_reads(fx_graph: torch.fx.Graph) -> set[torch.fx.Node]:
+    """Nodes whose value is metadata (``x.size()``, ``x.ndim``, ``len(x)``) or scalar arithmetic
+    on metadata only (``x.ndim == 4``, ``x.size(0) // 2``). One pass in graph order."""
+    found: set[torch.fx.Node] = set()
+    for node in fx_graph.nodes:
+        if node.op == "call_method" and node.target in _SHAPE_METHODS:
+            found.add(node)
+        elif node.op == "call_function" and node.target is getattr:
+            if len(node.args) > 1 and node.args[1] in _SHAPE_ATTRIBUTES:
+                found.add(node)
+        elif node.op == "call_function" and node.target is len:
+            found.add(node)
+        elif node.op == "call_function" and getattr(node.target, "__module__", None) in _SCALAR_MODULES:
+            inputs = node.all_input_nodes
+            if inputs and all(n in found for n in inputs):
+                found.add(node)
+    return found
+
+
+# ---- shared state -------------------------------------------------------------------------------
+
+def _state(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [(n, t) for n, t in itertools.chain(module.named_parameters(remove_duplicate=False),
+                                               module.named_buffers(remove_duplicate=False))
+            if t is not None]
+
+
+def _shared_state_reasons(fx_graph: torch.fx.Graph, modules: dict) -> dict[str, str]:
+    """call_module targets whose parameters or buffers another call also uses, with the reason:
+    editing one call would silently change the other."""
+    owners: dict[int, list[str]] = {}
+    calls: dict[str, int] = {}
+    read_directly: dict[int, str] = {}
+    for node in fx_graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+            if calls[node.target] == 1:
+                for _, t in _state(modules[node.target]):
+                    owners.setdefault(id(t), []).append(node.target)
+        elif node.op == "get_attr":
+            read_directly[id(_attribute(modules[""], node.target))] = node.target
+    reasons: dict[str, str] = {}
+    fix = "run prepare_model first (it gives each use its own copy)"
+    for target, count in calls.items():
+        state = _state(modules[target])
+        if not state:
+            continue
+        if count > 1:
+            reasons[target] = (f"'{target}' is called at {count} places and its parameters are shared: "
+                               f"editing one call would change the others — {fix}")
+            continue
+        for slot, t in state:
+            others = [o for o in owners.get(id(t), []) if o != target]
+            if others:
+                reasons[target] = (f"'{target}' shares its {slot} with '{others[0]}': editing one would "
+                                   f"change the other — {fix}")
+                break
+            if id(t) in read_directly:
+                reasons[target] = (f"'{target}'.{slot} is also read directly by the graph "
+                                   f"({read_directly[id(t)]}): editing it would change that use too")
+                break
+    return reasons
+
+
+def _attribute(root: nn.Module, target: str):
+    obj = root
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _unroll_shared_state(gm: torch.fx.GraphModule) -> list:
+    """Give each later call of a module holding state its own deep copy, and each module that
+    shares a parameter or buffer with an earlier one its own clone (what prepare_model does).
+    The function is unchanged. Returns undo steps for EngineGraph.restore."""
+    undo: list = []
+    called: set[str] = set()
+    owned: set[int] = set()
+    direct = {id(_attribute(gm, n.target)) for n in gm.graph.nodes if n.op == "get_attr"}
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = gm.get_submodule(node.target)
+        if not _state(module):
+            continue
+        if node.target in called:
+            parent, _, leaf = node.target.rpartition(".")
+            owner = gm.get_submodule(parent) if parent else gm
+            index = 1
+            while hasattr(owner, f"{leaf}_{index}"):
+                index += 1
+            new_target = f"{parent}.{leaf}_{index}" if parent else f"{leaf}_{index}"
+            module = copy.deepcopy(module)
+            gm.add_submodule(new_target, module)
+            undo.append(("target", node, node.target, new_target))
+            node.target = new_target
+        called.add(node.target)
+        for slot, t in _state(module):
+            if id(t) in owned and id(t) not in direct:
+                owner_path, _, attr = slot.rpartition(".")
+                holder = module.get_submodule(owner_path) if owner_path else module
+                clone = (nn.Parameter(t.detach().clone(), requires_grad=t.requires_grad)
+                         if isinstance(t, nn.Parameter) else t.detach().clone())
+                setattr(holder, attr, clone)
+                undo.append(("tensor", holder, attr, t))
+                owned.add(id(clone))
+            else:
+                owned.add(id(t))
+    if undo:
+        gm.recompile()
+    return undo
+
+
+def _add_module(g, name, module, node, inputs, outputs, calls, rank=None):
     type_name = type(module).__name__
     data_in = inputs[:1]
+    overridden = _overridden_base(module)
+    if overridden is not None:
+        g.add_opaque(name, type_name, inputs, outputs,
+                     reason=f"{type_name} subclasses {overridden.__module__}.{overridden.__name__} but "
+                     f"overrides its forward, so it may compute something else (pad, standardize its "
+                     f"weight, apply an activation); prepare_model without excluding {type_name} "
+                     f"traces into it")
+        return
     if isinstance(module, _CONV + _CONV_T) and len(node.args) == 1 and not node.kwargs:
         transposed = isinstance(module, _CONV_T)
         layout = (1, 0, module.groups, True) if transposed else (0, 1, module.groups, False)
@@ -178,6 +379,7 @@ def _add_module(g, name, module, node, inputs, outputs, calls):
             None if module.bias is None else _view(module.bias, name, "bias"),
             has_padding=False, spatial_rank=0, kind="linear", op_type=type_name,
             names={"weight": f"{name}.weight", "bias": f"{name}.bias"},
+            channels_last=True, input_rank=rank or 0,
         )
     elif isinstance(module, _BN) and module.track_running_stats and module.running_mean is not None and calls == 1:
         c = module.num_features
@@ -212,6 +414,99 @@ def _add_module(g, name, module, node, inputs, outputs, calls):
         if calls > 1 and isinstance(module, _BN + (nn.ReLU6, nn.Hardtanh, BoundedReLU)):
             why += f" called at {calls} places (run prepare_model to unroll it)"
         g.add_opaque(name, why, inputs, outputs)
+
+
+# ---- subclasses ---------------------------------------------------------------------------------
+
+_KNOWN = _CONV + _CONV_T + _BN + _IDENTITY + _POOL + _ZERO_PAD + _CONST_PAD + (
+    nn.Linear, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, BoundedReLU)
+def _overridden_base(module: nn.Module):
+    """The class prequant knows `module` as, if its own class overrides how that one computes."""
+    cls = type(module)
+    if cls in _KNOWN or not isinstance(module, _KNOWN):
+        return None
+    base = next(c for c in cls.__mro__ if c in _KNOWN)
+    for method in ("forward", "_conv_forward"):
+        if getattr(cls, method, None) is not getattr(base, method, None):
+            return base
+    return None
+
+
+# ---- ranks (structural, no forward pass) -----------------------------------------------------
+
+_RANK_KEEPING = _IDENTITY + _POOL + _ZERO_PAD + _CONST_PAD + (
+    nn.Linear, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, BoundedReLU, nn.ELU, nn.SiLU,
+    nn.Hardswish, nn.Hardsigmoid, nn.GELU, nn.Mish, nn.Sigmoid, nn.Tanh, nn.BatchNorm1d, nn.LayerNorm,
+    nn.GroupNorm, nn.Softmax)
+_RANK_KEEPING_CALLS = frozenset({
+    "relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "float", "double", "to", "abs",
+    "neg", "exp", "add", "sub", "mul", "div", "softmax", "relu6", "hardtanh", "silu", "gelu",
+    "hardswish", "hardsigmoid", "leaky_relu", "dropout", "batch_norm", "layer_norm", "add_", "mul_"})
+
+
+def _rank_of_meta(node: torch.fx.Node):
+    meta = node.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    if shape is None:
+        shape = getattr(node.meta.get("val"), "shape", None)
+    return len(shape) if shape is not None else None
+
+
+def _flatten_rank(rank, start, end):
+    if start == 1 and end == -1:
+        return 2
+    if rank is None:
+        return None
+    start, end = start % rank, end % rank
+    return rank - (end - start)
+
+
+def _tensor_ranks(fx_graph: torch.fx.Graph, modules: dict, input_ranks) -> dict:
+    """fx node -> rank of its tensor, where the graph shows it (conv outputs have spatial + 2
+    axes, flatten(x, 1) and view(n, -1) two, elementwise ops keep the rank; shape metadata and
+    the ranks of the given inputs are used when present). Unknown ranks are absent."""
+    ranks: dict = {}
+    given = list(input_ranks or [])
+    placeholders = 0
+    for node in fx_graph.nodes:
+        rank = _rank_of_meta(node)
+        first = node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
+        inherited = ranks.get(first)
+        if rank is not None:
+            pass
+        elif node.op == "placeholder":
+            rank = given[placeholders] if placeholders < len(given) else None
+            placeholders += 1
+        elif node.op == "call_module":
+            m = modules[node.target]
+            if isinstance(m, _CONV + _CONV_T):
+                rank = m.weight.dim()
+            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
+                rank = 4 if isinstance(m, nn.BatchNorm2d) else 5
+            elif isinstance(m, nn.Flatten):
+                rank = _flatten_rank(inherited, m.start_dim, m.end_dim)
+            elif type(m).__name__ == "Reshape" and len(node.args) > 1:
+                rank = len(node.args) - 1
+            elif isinstance(m, _RANK_KEEPING):
+                rank = inherited
+        elif node.op in ("call_function", "call_method"):
+            target = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+            if target == "flatten":
+                args = list(node.args[1:]) + [None, None]
+                start = node.kwargs.get("start_dim", args[0] if args[0] is not None else 0)
+                end = node.kwargs.get("end_dim", args[1] if args[1] is not None else -1)
+                rank = _flatten_rank(inherited, start, end) if isinstance(start, int) and isinstance(end, int) else None
+            elif node.op == "call_method" and target in ("view", "reshape") and len(node.args) > 1:
+                shape = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) else node.args[1:]
+                rank = len(shape)
+            elif target in _RANK_KEEPING_CALLS or target == "truediv":
+                # elementwise; with several tensors, broadcasting gives the largest rank
+                tensors = node.all_input_nodes
+                known = [ranks[a] for a in tensors if a in ranks]
+                rank = max(known) if tensors and len(known) == len(tensors) else None
+        if rank is not None:
+            ranks[node] = rank
+    return ranks
 
 
 # ---- applying the engine's structural edits ---------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Iterable
 from torch import nn
 
 from prequant import _core
-from prequant.torch._engine_graph import apply_folds, build_engine_graph
+from prequant.torch._engine_graph import apply_folds, build_engine_graph, input_ranks_of
 
 __all__ = ["fold_all_batch_norms", "fold_given_batch_norms", "find_batch_norm_folds"]
 
@@ -29,12 +29,15 @@ def fold_all_batch_norms(model: nn.Module, input_shapes=None, dummy_input=None, 
 
     Returns the list of (layer, bn) module pairs folded (AIMET's return value); with
     ``return_result=True`` returns ``(pairs, FoldResult)``, whose ``explain()`` lists every BN
-    that stayed and why. `input_shapes` and `dummy_input` are accepted for AIMET compatibility;
-    the graph comes from torch.fx and needs neither.
+    that stayed and why. (prequant.keras returns a new model, prequant.onnx ``(proto, result)``.)
+    The graph comes from torch.fx; `input_shapes` / `dummy_input` (AIMET's arguments) are only
+    read for the rank of each input: an nn.Linear contracts the last axis, so a Linear and a
+    BatchNorm fold together only where the tensor is known to be 2-D. A layer sharing its weight
+    with another call is given its own copy in a GraphModule, and declined otherwise.
     """
-    del input_shapes, dummy_input
-    eg = build_engine_graph(model)
-    result = _core.fold_batch_norms(eg.graph)
+    eg = build_engine_graph(model, unroll_shared=True, input_ranks=input_ranks_of(dummy_input, input_shapes))
+    with eg.restored_on_error():
+        result = _core.fold_batch_norms(eg.graph)
     pairs = apply_folds(eg, result)
     return (pairs, result) if return_result else pairs
 

@@ -36,6 +36,7 @@ from prequant.torch._engine_graph import (
     apply_equalize,
     apply_high_bias,
     build_engine_graph,
+    input_ranks_of,
 )
 
 __all__ = [
@@ -126,9 +127,9 @@ class CrossLayerScaling:
                     max_iterations: int = DEFAULT_MAX_ITERATIONS) -> list[ClsSetInfo]:
         """Find and scale every CLS set of `model` in place; returns one ClsSetInfo per set.
         (`input_shapes`/`dummy_input` are accepted for AIMET compatibility; torch.fx needs neither.)"""
-        del input_shapes, dummy_input
-        eg = build_engine_graph(model)
-        result = _core.scale_model(eg.graph, relu6=relu6, max_iterations=max_iterations)
+        eg = build_engine_graph(model, unroll_shared=True, input_ranks=input_ranks_of(dummy_input, input_shapes))
+        with eg.restored_on_error():
+            result = _core.scale_model(eg.graph, relu6=relu6, max_iterations=max_iterations)
         apply_activation_edits(eg, result.activation_edits)
         infos = _infos_from_result(eg, result.sets, model)
         CrossLayerScaling.last_result = result
@@ -230,11 +231,20 @@ def equalize_model(model: nn.Module, input_shapes=None, dummy_input=None, *, rel
                    max_iterations: int = DEFAULT_MAX_ITERATIONS, absorb_high_bias: bool = False):
     """Fold batch norms, handle ReLU6, scale CLS sets (and, with ``absorb_high_bias=True``,
     absorb high bias: an approximation, off by default — docs/BENCHMARKS.md) — in place, in one
-    atomic engine call. `dummy_input` (or `input_shapes`), when given, is used to check that the
-    model still runs. Returns the engine's EqualizeResult (``.explain()`` prints every decision)."""
-    eg = build_engine_graph(model)
-    result = _core.equalize_model(eg.graph, relu6=relu6, max_iterations=max_iterations,
-                                  absorb_high_bias=absorb_high_bias)
+    atomic engine call. Returns the engine's EqualizeResult (``.explain()`` prints every
+    decision). Conventions differ by framework: AIMET's torch ``equalize_model`` returns None;
+    prequant's edits in place too but returns the result; prequant.keras returns a new model,
+    prequant.onnx ``(proto, result)``.
+
+    A layer sharing its weight with another call is given its own copy if `model` is a
+    GraphModule (as prepare_model does; undone if the engine fails), and is declined with a
+    reason otherwise. `dummy_input` (or `input_shapes`), when given, gives the rank of each input
+    (an nn.Linear pairs with a conv/BN only on 2-D tensors) and is used to check that the model
+    still runs."""
+    eg = build_engine_graph(model, unroll_shared=True, input_ranks=input_ranks_of(dummy_input, input_shapes))
+    with eg.restored_on_error():
+        result = _core.equalize_model(eg.graph, relu6=relu6, max_iterations=max_iterations,
+                                      absorb_high_bias=absorb_high_bias)
     apply_equalize(eg, result)
     if dummy_input is None and input_shapes is not None:
         shapes = input_shapes if isinstance(input_shapes[0], (tuple, list)) else [input_shapes]

@@ -44,6 +44,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 import torch
 from torch import fx, nn
+
+import prequant
 from torch.fx.proxy import TraceError
 
 from .op_conversions.base import ConversionContext, Decline, Replacement, Rule, find_size_nodes
@@ -53,9 +55,11 @@ from .prepare_summary import Conversion, KeptOp, PrepareSummary, Unrolling
 __all__ = ["PrepareError", "PrepareSummary", "prepare_model"]
 
 
-class PrepareError(TraceError):
+class PrepareError(prequant.PrepareError, TraceError):
     """torch.fx could not trace the model; the message names the module and source line
-    where tracing failed and lists the workarounds."""
+    where tracing failed and lists the workarounds. ``node`` is the qualified name of the
+    module where tracing failed ('' for the model's own forward). A ``prequant.PrepareError``
+    (hence a ``prequant.Error``); also a torch.fx ``TraceError`` for code that catches that."""
 
 
 def prepare_model(
@@ -110,6 +114,7 @@ def prepare_model(
 
     summary = PrepareSummary(model=model_name, excluded=list(tracer.excluded_names), notes=notes)
     _note_dropped_hooks(work, graph, notes)
+    _note_dropped_no_grad(tracer, notes)
     _GraphRewriter(prepared, unroll_shared_weights, summary).run()
     prepared.graph.lint()
     prepared.recompile()
@@ -172,6 +177,21 @@ class _PrepareTracer(fx.Tracer):
         self._excluded_classes = excluded_classes
         self.excluded_names: dict[str, None] = {}  # ordered set
         self.failed_module: Optional[tuple[str, type]] = None
+        self.no_grad_nodes: list[str] = []  # recorded inside torch.no_grad() / inference_mode()
+
+    def create_node(self, *args, **kwargs):
+        # fx records no grad-mode switches: a `with torch.no_grad():` block in forward vanishes.
+        # The grad mode is still switched while tracing, so the nodes made inside can be named.
+        node = super().create_node(*args, **kwargs)
+        if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+            self.no_grad_nodes.append(node.name)
+        return node
+
+    def trace(self, root, concrete_args=None):
+        # traced with gradients on even if the caller is inside torch.no_grad(), so that the
+        # grad mode seen at each node is forward's own
+        with torch.inference_mode(False), torch.enable_grad():
+            return super().trace(root, concrete_args)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if id(m) in self._excluded_ids or isinstance(m, self._excluded_classes):
@@ -197,7 +217,8 @@ def _trace(tracer: _PrepareTracer, root: nn.Module, concrete_args: Optional[dict
     try:
         return tracer.trace(root, concrete_args)
     except Exception as exc:
-        raise PrepareError(_describe_trace_failure(exc, tracer, model)) from exc
+        path = tracer.failed_module[0] if tracer.failed_module else ""
+        raise PrepareError(_describe_trace_failure(exc, tracer, model), node=path) from exc
 
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
@@ -239,6 +260,17 @@ def _describe_trace_failure(exc: BaseException, tracer: _PrepareTracer, model: n
                  "call to a non-torch function (len, math.sqrt, code that builds tensors from sizes "
                  "or branches on values) as one node instead of tracing through it.")
     return "\n".join(lines)
+
+
+def _note_dropped_no_grad(tracer: _PrepareTracer, notes: list[str]) -> None:
+    nodes = tracer.no_grad_nodes
+    if nodes:
+        shown = ", ".join(nodes[:6]) + (f", ... ({len(nodes) - 6} more)" if len(nodes) > 6 else "")
+        _warn(notes, f"torch.no_grad() / inference_mode() regions in forward are not part of the "
+                     f"prepared model (torch.fx records no grad-mode switch): nodes {shown} now run "
+                     "with gradients enabled. Outputs are the same; under training, gradients now "
+                     "flow through them (wrap the call in torch.no_grad() yourself if that matters)",
+              stacklevel=4)
 
 
 def _note_dropped_hooks(work: nn.Module, graph: fx.Graph, notes: list[str]) -> None:
