@@ -294,7 +294,14 @@ def equalize_model(model: keras.Model, *, relu6: str = "bound", max_iterations: 
     ``return_result=True``; ``.explain()`` prints every decision). The model given is unchanged.
 
     With relu6='bound' and absorb_high_bias=False the new model's FP32 output equals the
-    original's; high-bias absorption (the 3σ rule) is an approximation."""
+    original's; high-bias absorption (the 3σ rule) is an approximation.
+
+    Conventions across front ends (each follows AIMET's for its framework): Keras returns a new
+    model (a built Keras model's structure cannot change in place), PyTorch edits the module in
+    place and returns the result, ONNX returns ``(proto, result)``. ``return_result=True`` gives
+    the engine's EqualizeResult as the last element everywhere. A layer sharing a variable with
+    another gets its own copy in the new model; a layer called at several places is left as it
+    is (with a warning; ``prepare_model`` unrolls it)."""
     eg = build_engine_graph(model)
     result = _core.equalize_model(eg.graph, relu6=relu6, max_iterations=max_iterations,
                                   absorb_high_bias=absorb_high_bias)
