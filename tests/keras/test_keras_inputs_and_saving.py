@@ -129,6 +129,17 @@ def test_dict_input_layer_for_a_subclassed_model_keeps_nested_outputs(helpers):
     assert set(out) == {"logits", "parts"} and isinstance(out["parts"], list) and len(out["parts"]) == 2
 
 
+def test_equalize_model_keeps_dict_inputs_and_nested_outputs(helpers):
+    original = _ImageAndMeta()
+    data = _image_meta_data()
+    original(data)
+    prepared = prepare_model(original, input_layer={"image": keras.Input((6, 6, 3), name="image"),
+                                                    "meta": keras.Input((5,), name="meta")})
+    equalized = equalize_model(prepared)
+    helpers.assert_same_outputs(original, equalized, data)
+    assert set(equalized(data)) == {"logits", "parts"}
+
+
 def test_failing_call_on_traced_inputs_keeps_the_real_cause():
     original = _ImageAndMeta()
     original(_image_meta_data())

@@ -70,10 +70,17 @@ def prepare_model(original_model, input_layer=None, *, strict: bool = False):
 
     Args:
         original_model: a built keras.Model (Functional, Sequential or subclassed).
-        input_layer: a ``keras.Input`` tensor (or InputLayer), or a list of them, to start
-            the new model from. Required when the model starts with a subclassed layer
-            (a subclassed model has no Input layer); optional otherwise, e.g. to change
-            the input shape.
+        input_layer: what the new model starts from, as Keras takes a functional model's
+            inputs: one ``keras.Input`` tensor (or InputLayer), a list of them, or a dict of them
+            (for a model whose call() takes a dict; the dict is handed to call() as it is).
+            Required when the model starts with a subclassed layer (a subclassed model has no
+            Input layer); optional otherwise, e.g. to change the input shape. A list binds by
+            name where the model's inputs have names: an Input named like one of a functional
+            model's inputs feeds that input (also when a subclassed model hands the list on
+            unchanged to a functional model); Inputs named like none of them bind by position;
+            a binding that name and position would make differently raises PrepareError. A
+            dict binds a functional model's inputs by key. The new model keeps the structure
+            given, and the outputs keep the original's structure (dict, list, nested).
         strict: raise PrepareError instead of keeping a custom layer whose call() cannot be
             traced as one opaque layer.
 
