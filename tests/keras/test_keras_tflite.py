@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import randomize_batch_norms
 from prequant.keras import prepare_model
 from prequant.keras.cross_layer_equalization import equalize_model
 
@@ -23,7 +24,7 @@ INT8_OPS = {"QUANTIZE", "DEQUANTIZE", "CONV_2D", "DEPTHWISE_CONV_2D", "MINIMUM",
             "FULLY_CONNECTED", "DELEGATE"}
 
 
-def _model(helpers):
+def _model():
     inputs = keras.Input((12, 12, 3))
     x = keras.layers.Conv2D(8, 3, padding="same")(inputs)
     x = keras.layers.ReLU(6.0)(keras.layers.BatchNormalization()(x))
@@ -31,7 +32,7 @@ def _model(helpers):
     x = keras.layers.ReLU(6.0)(keras.layers.BatchNormalization()(x))
     x = keras.layers.BatchNormalization()(keras.layers.Conv2D(8, 1)(x))
     outputs = keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(x))
-    return helpers.randomize_batch_norms(keras.Model(inputs, outputs))
+    return randomize_batch_norms(keras.Model(inputs, outputs))
 
 
 def _data():
@@ -66,11 +67,8 @@ def _sqnr_db(reference, actual):
 
 @pytest.fixture(scope="module")
 def equalized():
-    from conftest import randomize_batch_norms  # the module fixture cannot take `helpers`
-    import types
-
     keras.utils.set_random_seed(7)
-    model = _model(types.SimpleNamespace(randomize_batch_norms=randomize_batch_norms))
+    model = _model()
     return model, equalize_model(prepare_model(model))
 
 
