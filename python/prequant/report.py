@@ -52,6 +52,11 @@ def _is_keras_model(model) -> bool:
     return keras is not None and isinstance(model, keras.Model)
 
 
+def _is_tf_keras_model(model) -> bool:
+    return any((getattr(c, "__module__", "") or "").startswith(("tf_keras.", "tensorflow.python.keras."))
+               for c in type(model).__mro__)
+
+
 def _onnx_stats(model, before: str, bits: int, options: dict, base_dir):
     from prequant.onnx import load
 
@@ -135,6 +140,10 @@ def write_report(model: Any, out_dir: str | os.PathLike, *, before: str = "folde
         before_stats, after_stats, result = _keras_stats(model, before, bits, options)
     elif isinstance(model, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(model, "SerializeToString"):
         before_stats, after_stats, result = _onnx_stats(model, before, bits, options, base_dir)
+    elif _is_tf_keras_model(model):
+        from prequant.keras._tf_keras import tf_keras_message
+
+        raise _core.UnsupportedError(tf_keras_message(model, "write_report"))
     else:
         raise TypeError(f"write_report takes an ONNX model (ModelProto, path or bytes), a torch.nn.Module or a "
                         f"Keras model, not {type(model).__name__}")

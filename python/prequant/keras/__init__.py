@@ -1,8 +1,13 @@
 """prequant.keras: the Keras 3 front end.
 
-Before: ``import prequant.keras`` would pull in TensorFlow and Keras at once.
-After:  names are imported on first use, so the package imports in milliseconds and
-        TensorFlow loads only when a Keras function is actually called.
+Before: a model prequant made, saved as .keras, loaded only where the module defining its
+        layers happened to be imported ("Could not locate class 'BoundedReLU'").
+After:  importing ``prequant.keras`` registers with Keras every layer class prequant puts into a
+        model (BoundedReLU, KerasOpLayer, TFFunctionLayer, ConstantLayer), so
+        ``keras.models.load_model`` loads prepared and equalized models in any process that
+        imported it (``load_prepared_model`` does so itself). This imports Keras; the front
+        end's functions themselves are imported on first use. (``import prequant`` alone imports
+        neither Keras nor TensorFlow.)
 
 Public API:
     prepare_model(original_model, input_layer=None, *, strict=False) -> keras.Model
@@ -49,6 +54,11 @@ _LAZY_EXPORTS = {
 }
 
 __all__ = sorted(_LAZY_EXPORTS)
+
+# Keras finds a custom class by its registered name only once the class's module has run; it
+# never imports a module of a package other than its own (keras.saving refuses, for safety).
+from . import _prepare_generated_layers as _generated_layers  # noqa: E402,F401
+from . import activations as _activations  # noqa: E402,F401
 
 
 def __getattr__(name):

@@ -54,6 +54,7 @@ import numpy as np
 from keras import tree
 
 from prequant import _core
+from prequant.keras._tf_keras import is_tf_keras_object, tf_keras_message
 from prequant.keras.activations import BoundedReLU
 
 L = keras.layers
@@ -166,6 +167,8 @@ class EngineGraph:
 
 def functional_of(model):
     """The Functional model whose nodes describe `model`."""
+    if is_tf_keras_object(model):
+        raise PrequantKerasError(tf_keras_message(model, "the Keras front end"))
     if isinstance(model, keras.Sequential):
         functional = getattr(model, "_functional", None)
         if functional is None:
@@ -350,6 +353,10 @@ def build_engine_graph(model) -> EngineGraph:
             eg.first_call[id(op)] = entry
     g.graph_outputs = [eg.tensor(x) for x in functional.outputs]
     g.lint()
+    for e in eg.entries:  # the engine's own reasons call these only "Opaque": say why
+        if e.kind == "opaque" and eg.first_call.get(id(e.op)) is e and "places" in e.reason:
+            warnings.warn(f"'{e.op.name}': {e.reason}; the engine leaves it, and what it feeds or "
+                          f"reads, as it is", stacklevel=3)
     return eg
 
 
@@ -504,6 +511,7 @@ def apply_in_place(eg: EngineGraph, *, edits=(), bias_added=(), bounds_changed: 
             f"that cannot be put into a built model in place. Use equalize_model (it returns a new "
             f"model with BoundedReLU layers), or relu6='replace' / 'skip', or "
             f"replace_relu6_with_relu(model) first")
+    _refuse_split_shared_variables(eg)
     for node_name in bias_added:
         layer, how = _bias_slot(eg, node_name)
         if how is None:
@@ -532,6 +540,30 @@ def apply_in_place(eg: EngineGraph, *, edits=(), bias_added=(), bounds_changed: 
         for e in eg.entries:
             if e.kind == "bounded":
                 e.op.upper.assign(np.asarray(eg.graph.node(e.name).clip_max_per_channel, "float32"))
+
+
+def _refuse_split_shared_variables(eg: EngineGraph) -> None:
+    """A variable held by several layers (``layer2._kernel = layer1._kernel``) reaches the engine
+    as one copy per layer, which the engine may change differently; written back in place, the
+    last copy would silently win over the others. Raise (before anything is written) when the
+    engine changed a copy of such a variable."""
+    copies: dict[int, list[tuple[str, Param]]] = {}
+    for (node_name, _), param in eg.params.items():
+        if param.variable is not None:
+            copies.setdefault(id(param.variable), []).append((node_name, param))
+    for group in copies.values():
+        if len(group) < 2:
+            continue
+        variable = group[0][1].variable
+        current = np.asarray(variable.numpy())
+        if all(np.array_equal(p.array.reshape(current.shape), current) for _, p in group):
+            continue
+        layers = sorted({eg.by_name[n].op.name for n, _ in group})
+        raise PrequantKerasError(
+            f"variable '{variable.path}' is shared by layers {layers}, and the engine changed it for "
+            f"one of them: written back in place it would change the others too. Use equalize_model "
+            f"(it writes each layer's copy into a new model), or run prequant.keras.prepare_model "
+            f"first (it gives every layer its own variables)", node=layers[0])
 
 
 def add_bias_variable(layer, values: np.ndarray) -> None:

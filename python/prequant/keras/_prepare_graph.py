@@ -18,8 +18,43 @@ from ._prepare_errors import PrepareError
 from ._prepare_layer_kinds import LayerKind, classify
 
 
-def _flat_model_inputs(model, args, kwargs):
-    """The model's call inputs, flattened in the order of ``model.inputs``."""
+def input_name(tensor) -> str:
+    """The name of the Input layer that made ``tensor``."""
+    return tensor._keras_history.operation.name
+
+
+def bind_by_name(given: list, names: list, where: str) -> list | None:
+    """The order in which the tensors ``given`` (a list) feed inputs named ``names``.
+
+    By name when the given Inputs carry exactly the model's input names (in any order); None
+    (positional) when none of them is named like a model input at another position; a
+    PrepareError when some are (a binding that position and name would make differently).
+    """
+    given_names = [input_name(x) for x in given]
+    if given_names == list(names):
+        return None
+    if len(given) == len(names) and sorted(given_names) == sorted(names) and len(set(names)) == len(names):
+        by_name = {n: x for n, x in zip(given_names, given, strict=True)}
+        return [by_name[n] for n in names]
+    clashes = [(i, n) for i, n in enumerate(given_names) if n in names and names.index(n) != i]
+    if clashes:
+        i, n = clashes[0]
+        raise PrepareError(
+            f"input_layer[{i}] is named '{n}', but by position it would feed {where}'s input "
+            f"'{names[i]}' while {where} has an input named '{n}' too (its inputs: {list(names)}); "
+            f"the binding is ambiguous",
+            fix=f"pass a dict {{name: keras.Input(...)}} keyed by {where}'s input names, or a list "
+            f"named and ordered as {list(names)}, or Inputs whose names are none of them.")
+    return None
+
+
+def _flat_model_inputs(model, args, kwargs, given=None):
+    """The model's call inputs, flattened in the order of ``model.inputs``.
+
+    ``given``: the prepared model's Inputs as the user listed them (a subclassed model given a
+    list). When its call() hands them to this graph model unchanged, in that order, they are
+    bound by name (bind_by_name): the names are all the binding the user gave.
+    """
     inputs = args[0] if args else kwargs.get("inputs")
     struct = model._inputs_struct
     if isinstance(inputs, dict) and not isinstance(struct, dict):
@@ -35,15 +70,17 @@ def _flat_model_inputs(model, args, kwargs):
             f"it takes {len(model.inputs)} inputs but is called with {len(flat)}",
             layer_name=model.name,
         )
+    if given is not None and [id(x) for x in flat] == [id(x) for x in given]:
+        flat = bind_by_name(flat, [input_name(x) for x in model.inputs], f"model '{model.name}'") or flat
     return flat
 
 
 class _FunctionalFrame:
     """Walk of one Functional model: its nodes in Keras' own execution order."""
 
-    def __init__(self, model, args, kwargs):
+    def __init__(self, model, args, kwargs, given=None):
         self.model = model
-        flat_inputs = _flat_model_inputs(model, args, kwargs)
+        flat_inputs = _flat_model_inputs(model, args, kwargs, given)
         self.values = {id(x): y for x, y in zip(model.inputs, flat_inputs, strict=True)}
         by_depth = model._nodes_by_depth
         self.nodes = [
@@ -103,10 +140,10 @@ class _SequentialFrame:
         return self.value
 
 
-def _frame_for(model, args, kwargs):
+def _frame_for(tracer, model, args, kwargs):
     if isinstance(model, keras.Sequential):
         return _SequentialFrame(model, args, kwargs)
-    return _FunctionalFrame(model, args, kwargs)
+    return _FunctionalFrame(model, args, kwargs, getattr(tracer, "given_inputs", None))
 
 
 def expand_graph_model(tracer, model, args, kwargs):
@@ -115,7 +152,7 @@ def expand_graph_model(tracer, model, args, kwargs):
     ``tracer.call_operation_or_layer(op, args, kwargs)`` handles every node that is not
     itself a graph model.
     """
-    stack = [_frame_for(model, args, kwargs)]
+    stack = [_frame_for(tracer, model, args, kwargs)]
     while True:
         frame = stack[-1]
         step = frame.next_call()
@@ -128,7 +165,7 @@ def expand_graph_model(tracer, model, args, kwargs):
             continue
         operation, op_args, op_kwargs = step
         if isinstance(operation, keras.layers.Layer) and classify(operation) is LayerKind.GRAPH:
-            stack.append(_frame_for(operation, op_args, op_kwargs))
+            stack.append(_frame_for(tracer, operation, op_args, op_kwargs))
         else:
             frame.deliver(tracer.call_operation_or_layer(operation, op_args, op_kwargs))
 

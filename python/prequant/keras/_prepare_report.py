@@ -54,10 +54,14 @@ class VariableRecord:
 
 @dataclasses.dataclass
 class PrepareReport:
+    """What prepare_model did. ``unsavable_layers`` maps each layer kept as the original object
+    (its config does not round-trip) to why the prepared model cannot be saved or reloaded."""
+
     layers: list
     variables: list
     custom_objects: dict
     warnings: list
+    unsavable_layers: dict = dataclasses.field(default_factory=dict)
 
     @property
     def opaque_layers(self) -> list:
@@ -143,7 +147,7 @@ def build_report(original_model, prepared_model, tracer) -> PrepareReport:
         variable_records.append(VariableRecord(var.path, status, paths, names, note))
 
     return PrepareReport(layer_records, variable_records, _custom_objects(prepared_model),
-                         list(tracer.warnings))
+                         list(tracer.warnings), dict(tracer.unsavable))
 
 
 def _custom_objects(prepared_model) -> dict:

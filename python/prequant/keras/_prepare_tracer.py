@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import threading
 
 import keras
@@ -191,6 +192,8 @@ class Tracer:
         self._uses: dict[int, int] = {}
         self._names = set(reserved_names)
         self._shared_ids: set[int] = set()
+        self.given_inputs = None  # the Inputs a subclassed model was given as a list (bind_by_name)
+        self.unsavable: dict[str, str] = {}  # layer kept as the original object -> why saving fails
 
     @contextlib.contextmanager
     def active(self):
@@ -339,13 +342,15 @@ class Tracer:
                 outputs = layer(*args, **kwargs)
         except Exception as err:
             raise PrepareError(
-                f"calling it on the traced inputs failed: {_first_line(err)}",
+                f"{note}; and calling it whole on the traced inputs failed: {_first_line(err)}",
                 layer_name=layer.name,
-                fix="check that input_layer has the shape and dtype the model expects.",
+                fix="check that input_layer has the structure (one keras.Input, a list or a dict, as "
+                "call() reads its inputs), shape and dtype the model expects.",
             ) from err
         self._record(layer, kind, _layer_source(layer), note,
                      [(w, w) for w in layer.weights])
-        self.warnings.append(f"layer '{layer.name}': {note}")
+        self.unsavable[layer.name] = _save_failure(layer)
+        self.warnings.append(f"layer '{layer.name}': {note}. {self.unsavable[layer.name]}")
         return outputs
 
     def _trace_custom(self, layer, args, kwargs):
@@ -363,8 +368,7 @@ class Tracer:
         except PrepareError:
             raise
         except Exception as err:
-            reason = (f"its call() cannot be traced on symbolic tensors "
-                      f"({type(err).__name__}: {_first_line(err)})")
+            reason = f"its call() cannot be traced on symbolic tensors ({_first_line(err)})"
         if reason is None:
             return outputs
         # What the abandoned trace created stays out of the graph; forget its names and uses.
@@ -381,11 +385,12 @@ class Tracer:
     # -- helpers ------------------------------------------------------------------------
 
     def _bookkeeping(self):
-        return dict(self._uses), set(self._names), set(self._shared_ids), len(self.warnings)
+        return (dict(self._uses), set(self._names), set(self._shared_ids), dict(self.unsavable),
+                len(self.warnings))
 
     def _restore_bookkeeping(self, saved):
-        uses, names, shared_ids, warning_count = saved
-        self._uses, self._names, self._shared_ids = uses, names, shared_ids
+        uses, names, shared_ids, unsavable, warning_count = saved
+        self._uses, self._names, self._shared_ids, self.unsavable = uses, names, shared_ids, unsavable
         del self.warnings[warning_count:]
 
     def _symbolize_constants(self, args, kwargs):
@@ -433,6 +438,20 @@ class Tracer:
         return name
 
 
+def _save_failure(layer) -> str:
+    """What goes wrong when a model holding ``layer`` (whose config did not round-trip) is
+    saved: saving needs its get_config(), loading needs from_config() of it."""
+    try:
+        layer.get_config()
+    except Exception as err:
+        return (f"Saving the prepared model (model.save) will fail: {type(layer).__name__}.get_config() "
+                f"raises ({_first_line(err)}); give the class a get_config() that returns its "
+                f"constructor arguments")
+    return (f"The prepared model saves, but will not load back: {type(layer).__name__} cannot be "
+            f"rebuilt from its own get_config(); give the class a get_config() that returns its "
+            f"constructor arguments")
+
+
 def _is_variable(value) -> bool:
     return isinstance(value, keras.Variable) or (tf is not None and isinstance(value, tf.Variable))
 
@@ -445,6 +464,12 @@ def _layer_source(layer) -> str:
     return f"{layer.name} ({type(layer).__name__})"
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _first_line(err) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    """The first line that says what went wrong: Keras wraps an error raised in call() as
+    "Exception encountered when calling X.call().", then the real message on a line of its own."""
+    lines = [line.strip() for line in _ANSI.sub("", str(err)).splitlines()]
+    lines = [line for line in lines if line and not line.startswith("Exception encountered when calling")]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__

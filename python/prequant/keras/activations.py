@@ -11,8 +11,7 @@ engine computes those bounds and the Keras front end puts this layer where the R
 The bounds are a non-trainable weight (``upper``), so high-bias absorption can lower them in
 place, and they are also in ``get_config()``, so ``from_config`` gives a complete layer. The
 class is registered as ``prequant>BoundedReLU``: models holding it save and reload as
-``.keras`` once ``prequant.keras.activations`` has been imported (importing
-``prequant.keras.cross_layer_equalization`` does that).
+``.keras`` in any process that imported ``prequant.keras`` (which imports this module).
 """
 
 from __future__ import annotations

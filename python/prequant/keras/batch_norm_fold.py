@@ -52,7 +52,8 @@ def fold_all_batch_norms(model: keras.Model, *, return_result: bool = False):
     new model's layer that absorbed the BN and `bn` the original BatchNormalization (still
     holding its γ and β, which HighBiasFold.bias_fold reads). With ``return_result=True``
     returns ``(pairs, new_model, FoldResult)``, whose ``explain()`` lists every BN that stayed
-    and why.
+    and why: AIMET's return value with the engine's result last, as in every front end (PyTorch
+    folds in place and returns ``(pairs, result)``; ONNX returns ``(proto, result)``).
     """
     eg = build_engine_graph(model)
     result = _core.fold_batch_norms(eg.graph)

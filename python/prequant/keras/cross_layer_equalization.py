@@ -15,8 +15,10 @@ Two kinds of functions, because a built Keras model's structure cannot change in
   NEW functional model and leave the model given unchanged. ``equalize_model``'s default ReLU6
   policy 'bound' puts a ``BoundedReLU`` (per-channel clip, ``prequant.keras.activations``) where a
   ReLU6 was, so (with ``absorb_high_bias=False``, the default) the FP32 output equals the original's;
-  'replace' uses ``ReLU`` (as AIMET; FP32 output changes slightly); 'skip' leaves pairs with a
-  ReLU6 between unscaled.
+  'replace' uses ``ReLU``, which changes the FP32 function wherever activations exceed 6: on
+  the pretrained EfficientNet-Lite0 it collapses FP32 top-1 from 88.8 % to 57.5 % (FP32 SQNR
+  0.2 dB; docs/BENCHMARKS.md), so use it only for a model trained with ReLU; 'skip' leaves
+  pairs with a ReLU6 between unscaled.
 - ``CrossLayerScaling.scale_model``, ``CrossLayerScaling.scale_cls_sets`` and
   ``HighBiasFold.bias_fold`` work IN PLACE on the layers given (AIMET's contract): weights are
   assigned back; a layer without bias that the engine gives one gets a bias variable. They
@@ -296,7 +298,14 @@ def equalize_model(model: keras.Model, *, relu6: str = "bound", max_iterations: 
     ``return_result=True``; ``.explain()`` prints every decision). The model given is unchanged.
 
     With relu6='bound' and absorb_high_bias=False the new model's FP32 output equals the
-    original's; high-bias absorption (the 3σ rule) is an approximation."""
+    original's; high-bias absorption (the 3σ rule) is an approximation.
+
+    Conventions across front ends (each follows AIMET's for its framework): Keras returns a new
+    model (a built Keras model's structure cannot change in place), PyTorch edits the module in
+    place and returns the result, ONNX returns ``(proto, result)``. ``return_result=True`` gives
+    the engine's EqualizeResult as the last element everywhere. A layer sharing a variable with
+    another gets its own copy in the new model; a layer called at several places is left as it
+    is (with a warning; ``prepare_model`` unrolls it)."""
     eg = build_engine_graph(model)
     result = _core.equalize_model(eg.graph, relu6=relu6, max_iterations=max_iterations,
                                   absorb_high_bias=absorb_high_bias)

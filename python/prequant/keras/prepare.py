@@ -18,12 +18,14 @@ The report (``prepare_model_with_report``, or the ``prequant_report`` attribute 
 model prepare_model returns) lists each new layer's origin, each original variable's new
 home ("copied" / "opaque" / "shared" / "unused"), and the classes needed to reload.
 
-Saving: ``prepared.save("m.keras")`` works. Loading needs the classes Keras cannot import
-by itself: prequant's generated layers (registered under the package "prequant" once
-prequant.keras.prepare is imported) and opaque custom layers (as for any Keras model).
-``load_prepared_model(path, custom_objects={...})`` registers the former; in the
-preparing process ``keras.models.load_model(path, custom_objects=report.custom_objects)``
-works too.
+Saving: ``prepared.save("m.keras")`` works, unless a layer that could not be copied had to
+be kept as the original object and its config does not round-trip: prepare_model then warns
+at once, naming the layer, and the report lists it in ``unsavable_layers``. Loading needs the
+classes Keras cannot import by itself: prequant's layers (registered under the package
+"prequant" by ``import prequant.keras``) and opaque custom layers (as for any Keras model).
+``load_prepared_model(path, custom_objects={...})`` works in a fresh process;
+``keras.models.load_model(path, custom_objects=report.custom_objects)`` once
+``prequant.keras`` is imported.
 
 Limits: an opaque layer is opaque to downstream tools (reported, with the reason, and
 warned); Python branching on the ``training`` flag is traced as inference; Python control
@@ -43,10 +45,11 @@ from keras import tree
 from keras.src.models.functional import Functional
 
 from ._prepare_errors import NeedsOpaque, PrepareError
-from ._prepare_graph import expand_graph_model
+from ._prepare_graph import bind_by_name, expand_graph_model, input_name
 from ._prepare_layer_kinds import LayerKind, classify
 from ._prepare_report import PrepareReport, build_report
 from ._prepare_tracer import Tracer
+from ._tf_keras import is_tf_keras_object, tf_keras_message
 
 __all__ = [
     "load_prepared_model",
@@ -67,10 +70,17 @@ def prepare_model(original_model, input_layer=None, *, strict: bool = False):
 
     Args:
         original_model: a built keras.Model (Functional, Sequential or subclassed).
-        input_layer: a ``keras.Input`` tensor (or InputLayer), or a list of them, to start
-            the new model from. Required when the model starts with a subclassed layer
-            (a subclassed model has no Input layer); optional otherwise, e.g. to change
-            the input shape.
+        input_layer: what the new model starts from, as Keras takes a functional model's
+            inputs: one ``keras.Input`` tensor (or InputLayer), a list of them, or a dict of them
+            (for a model whose call() takes a dict; the dict is handed to call() as it is).
+            Required when the model starts with a subclassed layer (a subclassed model has no
+            Input layer); optional otherwise, e.g. to change the input shape. A list binds by
+            name where the model's inputs have names: an Input named like one of a functional
+            model's inputs feeds that input (also when a subclassed model hands the list on
+            unchanged to a functional model); Inputs named like none of them bind by position;
+            a binding that name and position would make differently raises PrepareError. A
+            dict binds a functional model's inputs by key. The new model keeps the structure
+            given, and the outputs keep the original's structure (dict, list, nested).
         strict: raise PrepareError instead of keeping a custom layer whose call() cannot be
             traced as one opaque layer.
 
@@ -87,21 +97,25 @@ def prepare_model(original_model, input_layer=None, *, strict: bool = False):
 
 def prepare_model_with_report(original_model, input_layer=None, *, strict: bool = False):
     """As prepare_model, returning ``(prepared_model, PrepareReport)``."""
+    if is_tf_keras_object(original_model):
+        raise PrepareError(tf_keras_message(original_model, "prepare_model"),
+                           layer_name=getattr(original_model, "name", None))
     if not isinstance(original_model, keras.Model):
         raise PrepareError(f"expected a keras.Model, got {type(original_model).__name__}",
                            fix="wrap the layer in a keras.Model, or pass the model itself.")
-    inputs = _new_inputs(original_model, input_layer)
-    _ensure_built(original_model, inputs)
+    inputs, call_inputs = _new_inputs(original_model, input_layer)
+    _ensure_built(original_model, call_inputs)
 
     flat_inputs = tree.flatten(inputs)
-    tracer = Tracer(flat_inputs[0], strict=strict,
-                    reserved_names=[x._keras_history.operation.name for x in flat_inputs])
+    tracer = Tracer(flat_inputs[0], strict=strict, reserved_names=[input_name(x) for x in flat_inputs])
+    if _graph_inputs(original_model) is None and isinstance(inputs, list):
+        tracer.given_inputs = list(inputs)  # a graph model fed these as they are binds them by name
     with tracer.active():
         try:
             if classify(original_model) is LayerKind.GRAPH:
-                outputs = expand_graph_model(tracer, original_model, (inputs,), {})
+                outputs = expand_graph_model(tracer, original_model, (call_inputs,), {})
             else:
-                outputs = tracer.call_layer(original_model, (inputs,), {})
+                outputs = tracer.call_layer(original_model, (call_inputs,), {})
             outputs = tracer.symbolize_outputs(outputs)
         except NeedsOpaque as err:  # raised outside any custom layer: nothing to keep whole
             raise PrepareError(err.reason, layer_name=original_model.name) from err
@@ -118,24 +132,29 @@ def prepare_model_with_report(original_model, input_layer=None, *, strict: bool 
     return prepared, report
 
 
+def _as_input(item):
+    """One input_layer item as its Input KerasTensor."""
+    if isinstance(item, keras.layers.InputLayer):
+        item = item.output
+    history = getattr(item, "_keras_history", None)
+    if not isinstance(item, keras.KerasTensor) or history is None or not isinstance(
+        history.operation, keras.layers.InputLayer
+    ):
+        raise PrepareError(
+            f"input_layer must be keras.Input tensors or InputLayers, got {item!r}",
+            fix=_NEEDS_INPUT_FIX)
+    return item
+
+
 def _given_inputs(input_layer):
-    """input_layer as a list of Input KerasTensors, or None."""
+    """input_layer as given: one Input tensor, a list of them, or a dict of them (None if None)."""
     if input_layer is None:
         return None
-    items = list(input_layer) if isinstance(input_layer, (list, tuple)) else [input_layer]
-    tensors = []
-    for item in items:
-        if isinstance(item, keras.layers.InputLayer):
-            item = item.output
-        history = getattr(item, "_keras_history", None)
-        if not isinstance(item, keras.KerasTensor) or history is None or not isinstance(
-            history.operation, keras.layers.InputLayer
-        ):
-            raise PrepareError(
-                f"input_layer must be keras.Input tensors or InputLayers, got {item!r}",
-                fix=_NEEDS_INPUT_FIX)
-        tensors.append(item)
-    return tensors
+    if isinstance(input_layer, dict):
+        return {key: _as_input(item) for key, item in input_layer.items()}
+    if isinstance(input_layer, (list, tuple)):
+        return [_as_input(item) for item in input_layer]
+    return _as_input(input_layer)
 
 
 def _graph_inputs(model):
@@ -151,7 +170,11 @@ def _graph_inputs(model):
 
 
 def _new_inputs(model, input_layer):
-    """The new model's inputs, in the structure the original model is called with."""
+    """(the new model's inputs, what the original model is called with).
+
+    A list binds to a graph model's inputs by name where the given Inputs are named like them
+    (bind_by_name), a dict by its keys; the new model keeps the structure given.
+    """
     given = _given_inputs(input_layer)
     originals = _graph_inputs(model)
     if originals is None:
@@ -160,21 +183,40 @@ def _new_inputs(model, input_layer):
                 "the model starts with a subclassed layer, so it has no Input layer to start "
                 "the functional model from (a subclassed model's input shape is unknown)",
                 layer_name=model.name, fix=_NEEDS_INPUT_FIX)
-        return given[0] if len(given) == 1 else list(given)
-    if given is None:
-        given = [
-            keras.Input(batch_shape=x.shape, dtype=x.dtype, sparse=x.sparse,
-                        name=x._keras_history.operation.name)
-            for x in originals
-        ]
-    elif len(given) != len(originals):
-        raise PrepareError(
-            f"the model has {len(originals)} inputs but input_layer gives {len(given)}",
-            layer_name=model.name, fix="pass one keras.Input per model input, in order.")
+        if isinstance(given, list) and len(given) == 1:
+            given = given[0]
+        return given, given
     struct = getattr(model, "_inputs_struct", None)
-    if struct is None or isinstance(model, keras.Sequential):
-        return given[0] if len(given) == 1 else given
-    return tree.pack_sequence_as(struct, given)
+    if isinstance(model, keras.Sequential):
+        struct = None
+    names = [input_name(x) for x in originals]
+    if given is None:
+        flat = [keras.Input(batch_shape=x.shape, dtype=x.dtype, sparse=x.sparse, name=input_name(x))
+                for x in originals]
+        new = flat[0] if struct is None and len(flat) == 1 else (
+            flat if struct is None else tree.pack_sequence_as(struct, flat))
+        return new, new
+    if isinstance(given, dict):
+        keys = sorted(struct) if isinstance(struct, dict) else names
+        if sorted(given) != sorted(keys):
+            raise PrepareError(
+                f"input_layer's keys {sorted(given)} are not the model's inputs {sorted(keys)}",
+                layer_name=model.name, fix="key the dict by the model's input names.")
+        if isinstance(struct, dict):
+            return given, {key: given[key] for key in struct}
+        ordered = [given[n] for n in names]
+    else:
+        flat = given if isinstance(given, list) else [given]
+        if len(flat) != len(originals):
+            raise PrepareError(
+                f"the model has {len(originals)} inputs but input_layer gives {len(flat)}",
+                layer_name=model.name, fix=f"pass one keras.Input per model input {names}.")
+        ordered = bind_by_name(flat, names, f"model '{model.name}'") or flat
+    if struct is None:
+        call = ordered[0] if len(ordered) == 1 else ordered
+    else:
+        call = tree.pack_sequence_as(struct, ordered)
+    return given, call
 
 
 def _ensure_built(model, inputs):
@@ -194,10 +236,13 @@ def _ensure_built(model, inputs):
 
 
 def load_prepared_model(path, custom_objects=None, **kwargs):
-    """``keras.models.load_model`` for a saved prepared model, in any process.
+    """``keras.models.load_model`` for a saved prepared or equalized model, in any process.
 
-    prequant's generated layers are registered by this module's import; pass the classes of
+    Every layer class prequant emits is registered with Keras by ``import prequant.keras`` (so
+    plain ``keras.models.load_model`` works too once it is imported); pass the classes of
     opaque custom layers in ``custom_objects`` (``report.custom_objects`` lists them) unless
     they are registered with ``keras.saving.register_keras_serializable``.
     """
+    import prequant.keras  # noqa: F401  (registers prequant's layer classes)
+
     return keras.models.load_model(path, custom_objects=custom_objects, **kwargs)
