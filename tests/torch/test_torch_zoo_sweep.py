@@ -160,3 +160,30 @@ def test_subclassed_leaves_keep_the_function(case):
         prepared = prepare_model(model, module_classes_to_exclude=leaves)
         equalize_model(prepared)
         assert rel_err(prepared(x), ref) < 1e-5
+
+
+# ---- torch.no_grad() inside forward --------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 12: a torch.no_grad() region inside forward is "
+                   "dropped by tracing without a word in the prepare summary")
+def test_no_grad_inside_forward_is_reported():
+    import warnings
+
+    from prequant.torch import prepare_model
+    from torch import nn
+
+    class Net(nn.Module):  # timm-style: a statistic computed without gradients
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            with torch.no_grad():
+                scale = x.abs().amax()
+            return self.conv(x) * scale
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepared = prepare_model(Net().eval())
+    said = str(prepared.prequant_summary) + " ".join(str(w.message) for w in caught)
+    assert "no_grad" in said or "grad" in said.lower()
