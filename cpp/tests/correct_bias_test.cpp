@@ -210,11 +210,18 @@ TEST(ClippedNormalMean, MatchesSampling) {
 }
 
 // After equalize_model: the statistics of the BN folded after conv1 carried through the CLS scale
-// (and the per-channel ReLU6 bound), against sampling the original BN's Gaussian divided by s.
-TEST(CorrectBiasAfterEqualize, UsesFoldedStatisticsThroughCls) {
+// (and the per-channel ReLU6 bound), and with high-bias absorption through the bias it moved (c:
+// the pre-activation and the bound both drop by c), against sampling the original BN's Gaussian.
+class CorrectBiasAfterEqualize : public ::testing::TestWithParam<bool> {};
+
+TEST_P(CorrectBiasAfterEqualize, UsesFoldedStatisticsThroughClsAndHighBias) {
+  const bool high_bias = GetParam();
   auto build = [](RefModel& m) {
     auto t = m.conv("conv1", m.input("x", {3, 5, 5}), conv_spec(3, 6, {3, 3}));
     t = m.batch_norm("bn", t, 6);
+    // Means well above 3σ on some channels, so high-bias absorption moves bias; one γ negative.
+    m.node("bn").gamma.assign(std::vector<double>{-0.5, 0.3, 1.2, 0.4, -0.2, 0.8});
+    m.node("bn").beta.assign(std::vector<double>{3.0, 4.0, -1.0, 2.5, 1.5, 0.5});
     t = m.clip("act", t, 0.0, 6.0);
     m.output(m.conv("conv2", t, conv_spec(6, 4, {3, 3})));
     m.graph.reindex();
@@ -224,12 +231,19 @@ TEST(CorrectBiasAfterEqualize, UsesFoldedStatisticsThroughCls) {
   build(corrected);
   const auto gamma = read_all(plain.node("bn").gamma), beta = read_all(plain.node("bn").beta);
   prequant::EqualizeOptions options;
+  options.absorb_high_bias = high_bias;
   const auto r0 = prequant::equalize_model(plain.graph, options);
   EXPECT_TRUE(r0.bias_correction.corrected.empty());
   options.bias_correction = true;
   const auto r = prequant::equalize_model(corrected.graph, options);
   ASSERT_EQ(r.cls.sets.size(), 1u);
   const auto& scale = r.cls.sets[0].pairs.at(0).scale;
+  std::vector<double> moved(6, 0.0);
+  if (high_bias) {
+    ASSERT_EQ(r.high_bias.absorbed.size(), 1u);
+    moved = r.high_bias.absorbed[0].amount;
+    EXPECT_GT(*std::max_element(moved.begin(), moved.end()), 0.0);
+  }
   ASSERT_EQ(r.bias_correction.corrected.size(), 1u);
   const auto& c = r.bias_correction.corrected[0];
   EXPECT_EQ(c.layer, "conv2");
@@ -246,7 +260,8 @@ TEST(CorrectBiasAfterEqualize, UsesFoldedStatisticsThroughCls) {
   for (int ch = 0; ch < 6; ++ch) {
     double sum = 0, sq = 0;
     for (int i = 0; i < n; ++i) {
-      const double x = std::clamp((beta[ch] + std::abs(gamma[ch]) * n01(rng)) / scale[ch], 0.0, 6.0 / scale[ch]);
+      const double z = (beta[ch] + std::abs(gamma[ch]) * n01(rng)) / scale[ch] - moved[ch];
+      const double x = std::clamp(z, 0.0, 6.0 / scale[ch] - moved[ch]);
       sum += x;
       sq += x * x;
     }
@@ -270,6 +285,8 @@ TEST(CorrectBiasAfterEqualize, UsesFoldedStatisticsThroughCls) {
   EXPECT_TRUE(contains(prequant::explain(r), "Bias correction: 1 layer corrected"));
   EXPECT_EQ(prequant::to_json(r)["bias_correction"]["changes_fp32_output"], true);
 }
+
+INSTANTIATE_TEST_SUITE_P(HighBias, CorrectBiasAfterEqualize, ::testing::Bool());
 
 // Must not fire: no statistics, opaque or pooling in between, transposed layers. Each declined
 // with a reason naming what stops it; nothing written.
