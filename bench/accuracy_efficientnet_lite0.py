@@ -3,7 +3,9 @@
     python bench/accuracy_efficientnet_lite0.py [--eval N] [--rows GROUPS] [--out FILE.md]
 
 --rows picks row groups (comma-separated; default all): base (FP32, naive INT8), prequant
-(fold and every equalize policy), reference (per-channel INT8), stress, aimet. A subset run
+(fold and every equalize policy), reference (per-channel INT8), stress, aimet, biascorr
+(equalize relu6=bound with and without analytic bias correction, per-tensor and per-channel INT8;
+the bias correction assumes the weight quantizer the row then uses). A subset run
 writes bench/results/accuracy_efficientnet_lite0.<groups>.md, so the full table is not clobbered;
 the FP32 reference logits are always computed.
 
@@ -74,7 +76,7 @@ from prequant.torch.cross_layer_equalization import equalize_model  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = "/work/shared/data/imagenet-sample"
-ROW_GROUPS = ("base", "prequant", "reference", "stress", "aimet")
+ROW_GROUPS = ("base", "prequant", "reference", "stress", "aimet", "biascorr")
 AIMET_VARIANTS = (  # (aimet_equalize.py --variant, row label)
     ("torch", "AIMET (aimet-torch) equalize_model + INT8 per-tensor"),
     ("torch-relu", "AIMET (aimet-torch) equalize_model, ReLU6->ReLU by hand + INT8 per-tensor"),
@@ -297,6 +299,8 @@ def main():
         measure("per-channel INT8 reference (BN folded by exporter)", base, ref, "per-channel")
     if "stress" in groups:
         stress_rows(measure, ref, notes, x)
+    if "biascorr" in groups:
+        bias_correction_rows(prepared, measure, ref, notes)
 
     total = time.time() - t_start
     write_report(args, rows, notes, total)
@@ -320,6 +324,24 @@ def prequant_rows(prepared, measure, ref, notes):
                              f"engine result: {str(res).splitlines()[0] if str(res) else type(res).__name__}")
             label = f"equalize relu6={policy}, CLS" + (" + high-bias absorption" if hba else " (no HBA)")
             measure(label + " + INT8 per-tensor", mb, ref, "per-tensor")
+
+
+def bias_correction_rows(prepared, measure, ref, notes):
+    """Analytic bias correction (equalize_model(bias_correction=True)) for the quantizer each row
+    uses: per-tensor or per-channel symmetric INT8 weights, as quantize_static makes them."""
+    dummy = torch.zeros(1, 3, 224, 224)
+    for quant in ("per-tensor", "per-channel"):
+        for correct in (False, True):
+            m = prepared()
+            res = equalize_model(m, dummy_input=dummy, relu6="bound", bias_correction=correct,
+                                 bias_correction_per_channel=(quant == "per-channel"))
+            label = "equalize relu6=bound" + (f" + bias correction ({quant} quantizer)" if correct else "")
+            if correct:
+                bc = res.bias_correction
+                reasons = sorted({d.reason.split(":")[0] for d in bc.declined})
+                notes.append(f"{label}: {len(bc.corrected)} layers corrected, {len(bc.declined)} declined "
+                             f"({'; '.join(reasons)[:300]})")
+            measure(f"{label} + INT8 {quant}", export(m), ref, quant)
 
 
 def aimet_rows(aimet_python, measure, ref, notes):

@@ -4,7 +4,9 @@
 // After:  shared weights unrolled; batch norms folded; ReLU6 handled by the policy; CLS sets
 //         scaled (iterated to convergence by default; 'replace' turns into ReLU only the clips
 //         between scaled layers); high bias absorbed using the statistics
-//         of the BNs folded after each layer, scaled by that layer's CLS scale.
+//         of the BNs folded after each layer, scaled by that layer's CLS scale; optionally,
+//         analytic bias correction for the given weight quantizer, using those statistics carried
+//         through the CLS scales and the absorbed bias (correct_bias.cpp; changes the FP32 output).
 // If any step fails, the graph and every parameter are as they were before the call.
 #include "prequant/passes.h"
 #include "transaction.h"
@@ -27,6 +29,9 @@ EqualizeResult equalize_model(Graph& graph, const EqualizeOptions& options) {
       if (pair.request.direction == FoldDirection::ConvThenBn) stats[pair.request.layer] = pair.bn_stats;
     result.high_bias = absorb_high_bias(graph, result.cls.sets, stats, options.high_bias_sigmas);
   }
+  if (options.bias_correction)
+    result.bias_correction =
+        correct_bias(graph, track_folded_bn_stats(result.fold, result.cls, result.high_bias), options.bias_quantizer);
   tx.commit();
   return result;
 }

@@ -122,6 +122,18 @@ json to_json(const HighBiasResult& r) {
   return json{{"absorbed", absorbed}, {"declined", declined_list(r.declined)}};
 }
 
+json to_json(const BiasCorrectionResult& r) {
+  json corrected = json::array();
+  for (const auto& c : r.corrected)
+    corrected.push_back({{"layer", c.layer},
+                         {"statistics_from", c.statistics_from},
+                         {"activations", c.activations},
+                         {"correction", numbers(c.correction)},
+                         {"bias_added", c.bias_added}});
+  return json{{"corrected", corrected}, {"changes_fp32_output", !r.corrected.empty()},
+              {"declined", declined_list(r.declined)}};
+}
+
 json to_json(const ActivationResult& r) {
   json edits = json::array();
   for (const auto& e : r.edits)
@@ -138,7 +150,8 @@ json to_json(const UnrollResult& r) {
 
 std::vector<Declined> all_declined(const EqualizeResult& r) {
   std::vector<Declined> all;
-  for (const auto* v : {&r.fold.declined, &r.activations.declined, &r.cls.declined, &r.high_bias.declined})
+  for (const auto* v : {&r.fold.declined, &r.activations.declined, &r.cls.declined, &r.high_bias.declined,
+                         &r.bias_correction.declined})
     all.insert(all.end(), v->begin(), v->end());
   return all;
 }
@@ -149,6 +162,7 @@ json to_json(const EqualizeResult& r) {
               {"activations", to_json(r.activations)},
               {"cls", to_json(r.cls)},
               {"high_bias", to_json(r.high_bias)},
+              {"bias_correction", to_json(r.bias_correction)},
               {"declined", declined_list(all_declined(r))}};
 }
 
@@ -234,6 +248,21 @@ std::string explain(const HighBiasResult& r) {
   return out.str();
 }
 
+std::string explain(const BiasCorrectionResult& r) {
+  std::ostringstream out;
+  out << "Bias correction: " << plural(r.corrected.size(), "layer", "layers") << " corrected, " << r.declined.size()
+      << " declined" << (r.corrected.empty() ? "" : " (the FP32 output changes on purpose)") << "\n";
+  for (const auto& c : r.corrected) {
+    double largest = 0.0;
+    for (double v : c.correction) largest = std::max(largest, std::fabs(v));
+    out << "  " << c.layer << ": bias −= ε·E[x] (largest " << num(largest) << "), E[x] from " << c.statistics_from
+        << (c.activations.empty() ? std::string() : " through " + join(c.activations, ", "))
+        << (c.bias_added ? ", bias added" : "") << "\n";
+  }
+  explain_declined(out, r.declined);
+  return out.str();
+}
+
 std::string explain(const ActivationResult& r) {
   std::ostringstream out;
   out << "ReLU6 handling: " << plural(r.edits.size(), "activation", "activations") << " changed, "
@@ -265,6 +294,7 @@ std::string explain(const EqualizeResult& r) {
   // ReLU6 bounds set by CLS under the 'bound' policy show up in the scaled pairs.
   out += explain(r.cls);
   out += explain(r.high_bias);
+  if (!r.bias_correction.corrected.empty() || !r.bias_correction.declined.empty()) out += explain(r.bias_correction);
   return out;
 }
 

@@ -372,6 +372,15 @@ void visit_out_channels(const Weight& w, const std::function<void(int64_t, std::
   });
 }
 
+void visit_channel_pairs(const Weight& w,
+                         const std::function<void(int64_t, int64_t, std::span<const double>)>& visit) {
+  std::vector<double> buffer;
+  walk(w, [&](int64_t o, int64_t i, auto* p, int64_t n) {
+    buffer.assign(p, p + n);
+    visit(o, i, std::span<const double>(buffer));
+  });
+}
+
 struct ChannelScaling::Tables {
   ChannelWalk walk;
 };

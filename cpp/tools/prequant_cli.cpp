@@ -47,6 +47,10 @@ struct Options {
   bool overwrite = false;
   std::string relu6 = "bound";
   bool high_bias = false;
+  bool bias_correction = false;
+  int bias_correction_bits = 8;
+  bool bias_correction_per_channel = false;
+  bool bias_correction_asymmetric = false;
   int iterations = prequant::kDefaultMaxIterations;
   std::string before = "folded";  // report: the baseline
   int bits = 8;
@@ -176,6 +180,10 @@ prequant::EqualizeOptions equalize_options(const Options& o) {
   options.cls.relu6 = prequant::parse_relu6_policy(o.relu6);
   options.cls.max_iterations = o.iterations;
   options.absorb_high_bias = o.high_bias;
+  options.bias_correction = o.bias_correction;
+  options.bias_quantizer.bits = o.bias_correction_bits;
+  options.bias_quantizer.per_channel = o.bias_correction_per_channel;
+  options.bias_quantizer.symmetric = !o.bias_correction_asymmetric;
   return options;
 }
 
@@ -187,7 +195,8 @@ int run_equalize(const Options& o) {
   model.save(o.output);
   const int bounded = count_bounded_clips(model.graph());
   const bool nothing = r.fold.folded.empty() && r.cls.sets.empty() && r.unroll.copies.empty() &&
-                       r.activations.edits.empty() && r.high_bias.absorbed.empty();
+                       r.activations.edits.empty() && r.high_bias.absorbed.empty() &&
+                       r.bias_correction.corrected.empty();
   std::ostream& text = text_stream(o);
   if (o.explain) text << explain_opaque(model.graph()) << prequant::explain(r);
   if (nothing) {
@@ -203,6 +212,9 @@ int run_equalize(const Options& o) {
          << moved << " pair(s)";
     if (!r.activations.edits.empty()) text << ", replaced " << r.activations.edits.size() << " ReLU6 with ReLU";
     if (bounded) text << ", bounded " << bounded << " ReLU6 per channel";
+    if (o.bias_correction)
+      text << ", corrected the bias of " << r.bias_correction.corrected.size()
+           << " layer(s) (the FP32 output changes on purpose)";
     text << "; " << prequant::all_declined(r).size() << " candidate(s) declined; wrote " << o.output << "\n";
   }
   if (o.json_out) {
@@ -298,6 +310,17 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 100000));
   report->add_option("--max-channels", o.max_channels, "Channels drawn per plot (default 128)")
       ->check(CLI::Range(1, 100000));
+  equalize->add_flag("--bias-correction,!--no-bias-correction", o.bias_correction,
+                     "Analytic bias correction (DFQ 4.2; AIMET's data-driven one is correct_bias): subtract "
+                     "the mean output shift weight quantization causes, from the batch norm statistics. "
+                     "Changes the FP32 output on purpose; off by default (docs/BENCHMARKS.md)");
+  equalize->add_option("--bias-correction-bits", o.bias_correction_bits,
+                       "Weight bit width bias correction assumes (default 8)")
+      ->check(CLI::Range(2, 16));
+  equalize->add_flag("--bias-correction-per-channel", o.bias_correction_per_channel,
+                     "Bias correction assumes per-channel weight scales (default: per tensor)");
+  equalize->add_flag("--bias-correction-asymmetric", o.bias_correction_asymmetric,
+                     "Bias correction assumes min/max weight quantization with a zero point (default: symmetric)");
   for (auto* sub : {equalize, report}) {
     sub->add_option("--relu6", o.relu6,
                     "ReLU6/Clip between scaled layers: bound (exact per-channel clip, default), "

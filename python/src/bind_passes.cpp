@@ -198,19 +198,37 @@ void bind_passes(nb::module_& m) {
       "FoldResult of the fold, or {layer: (gamma, beta) | FoldedBnStats} for BNs folded after each layer.");
 
   m.def(
+      "correct_bias",
+      [](const PyGraph& g, nb::handle bn_stats, int bits, bool per_channel, bool symmetric) {
+        auto stats = bn_stats.is_none() ? std::unordered_map<std::string, FoldedBnStats>{} : bn_stats_of(bn_stats);
+        const WeightQuantizer q{bits, per_channel, symmetric};
+        return run_without_gil(g, [&](Graph& graph) { return correct_bias(graph, stats, q); });
+      },
+      "graph"_a, "bn_stats"_a = nb::none(), "bits"_a = 8, "per_channel"_a = false, "symmetric"_a = true,
+      "Analytic bias correction (DFQ 4.2): b -= (Q(W) - W) E[x], E[x] from the BN before each layer (in the graph, "
+      "or bn_stats: the FoldResult, or {layer: (gamma, beta) | FoldedBnStats} for BNs folded after layers, as "
+      "their outputs are now). Changes the FP32 function on purpose.");
+
+  m.def(
       "equalize_model",
       [](const PyGraph& g, const std::string& relu6, int max_iterations, double tolerance, double min_scale,
-         double max_scale, bool fold, bool absorb, double sigmas) {
+         double max_scale, bool fold, bool absorb, double sigmas, bool bias_correction, int bits, bool per_channel,
+         bool symmetric) {
         EqualizeOptions o;
         o.cls = cls_options(relu6, max_iterations, tolerance, min_scale, max_scale);
         o.fold = fold;
         o.absorb_high_bias = absorb;
         o.high_bias_sigmas = sigmas;
+        o.bias_correction = bias_correction;
+        o.bias_quantizer = WeightQuantizer{bits, per_channel, symmetric};
         return run_without_gil(g, [&](Graph& graph) { return equalize_model(graph, o); });
       },
       "graph"_a, "relu6"_a = "bound", "max_iterations"_a = kDefaultMaxIterations, "tolerance"_a = 1e-6, "min_scale"_a = 1e-6,
       "max_scale"_a = 1e6, "fold"_a = true, "absorb_high_bias"_a = false, "high_bias_sigmas"_a = 3.0,
-      "Unroll, fold, ReLU6 policy, cross-layer scaling and high-bias absorption in one call.");
+      "bias_correction"_a = false, "bias_correction_bits"_a = 8, "bias_correction_per_channel"_a = false,
+      "bias_correction_symmetric"_a = true,
+      "Unroll, fold, ReLU6 policy, cross-layer scaling, high-bias absorption and (optionally) analytic bias "
+      "correction for the given weight quantizer, in one call.");
 }
 
 }  // namespace prequant::python

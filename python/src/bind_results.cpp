@@ -166,6 +166,24 @@ nb::dict to_dict(const HighBiasResult& r) {
   return o;
 }
 
+nb::dict to_dict(const BiasCorrection& c) {
+  nb::dict o;
+  o["layer"] = c.layer;
+  o["statistics_from"] = c.statistics_from;
+  o["activations"] = c.activations;
+  o["correction"] = floats_of(c.correction);
+  o["bias_added"] = c.bias_added;
+  return o;
+}
+
+nb::dict to_dict(const BiasCorrectionResult& r) {
+  nb::dict o;
+  o["corrected"] = dicts_of(r.corrected);
+  o["changes_fp32_output"] = !r.corrected.empty();
+  o["declined"] = dicts_of(r.declined);
+  return o;
+}
+
 nb::dict to_dict(const ActivationEdit& e) {
   nb::dict o;
   o["node"] = e.node;
@@ -202,8 +220,10 @@ nb::dict to_dict(const EqualizeResult& r) {
   o["activations"] = to_dict(r.activations);
   o["cls"] = to_dict(r.cls);
   o["high_bias"] = to_dict(r.high_bias);
+  o["bias_correction"] = to_dict(r.bias_correction);
   std::vector<Declined> all;
-  for (const auto* v : {&r.fold.declined, &r.activations.declined, &r.cls.declined, &r.high_bias.declined})
+  for (const auto* v : {&r.fold.declined, &r.activations.declined, &r.cls.declined, &r.high_bias.declined,
+                        &r.bias_correction.declined})
     all.insert(all.end(), v->begin(), v->end());
   o["declined"] = dicts_of(all);
   return o;
@@ -379,6 +399,34 @@ void bind_results(nb::module_& m) {
       });
   add_report<HighBiasResult>(high_bias);
 
+  auto correction = nb::class_<BiasCorrection>(
+      m, "BiasCorrection", "One layer's analytic bias correction: correction[o] was subtracted from its bias.");
+  correction.def_ro("layer", &BiasCorrection::layer)
+      .def_ro("statistics_from", &BiasCorrection::statistics_from,
+              "the BN, or the layer with a BN folded after it, whose statistics gave E[x]")
+      .def_prop_ro("activations", [](const BiasCorrection& c) { return c.activations; })
+      .def_prop_ro("correction", [](const BiasCorrection& c) { return numpy_of(c.correction); },
+                   "sum_i (sum_k eps[o, i, k]) * E[x_i], per output channel")
+      .def_ro("bias_added", &BiasCorrection::bias_added,
+              "the layer had no bias; the engine created one (Graph.added_bias(layer))")
+      .def("__repr__", [](const BiasCorrection& c) {
+        return "BiasCorrection(" + quote(c.layer) + ", from " + quote(c.statistics_from) +
+               (c.bias_added ? ", bias_added" : "") + ")";
+      });
+  add_report<BiasCorrection>(correction);
+
+  auto bias_correction = nb::class_<BiasCorrectionResult>(
+      m, "BiasCorrectionResult",
+      "What analytic bias correction changed and declined. It changes the FP32 function on purpose.");
+  bias_correction.def_prop_ro("corrected", [](const BiasCorrectionResult& r) { return list_of(r.corrected); })
+      .def_prop_ro("declined", [](const BiasCorrectionResult& r) { return list_of(r.declined); })
+      .def_prop_ro("changes_fp32_output", [](const BiasCorrectionResult& r) { return !r.corrected.empty(); })
+      .def("__repr__", [](const BiasCorrectionResult& r) {
+        return "BiasCorrectionResult(corrected=" + std::to_string(r.corrected.size()) +
+               ", declined=" + std::to_string(r.declined.size()) + ")";
+      });
+  add_report<BiasCorrectionResult>(bias_correction);
+
   auto edit = nb::class_<ActivationEdit>(m, "ActivationEdit", "A clip activation changed by the ReLU6 policy.");
   edit.def_ro("node", &ActivationEdit::node)
       .def_prop_ro("kind", [](const ActivationEdit& e) { return edit_kind_name(e.kind); },
@@ -419,6 +467,7 @@ void bind_results(nb::module_& m) {
       .def_prop_ro("activations", [](const EqualizeResult& r) { return r.activations; })
       .def_prop_ro("cls", [](const EqualizeResult& r) { return r.cls; })
       .def_prop_ro("high_bias", [](const EqualizeResult& r) { return r.high_bias; })
+      .def_prop_ro("bias_correction", [](const EqualizeResult& r) { return r.bias_correction; })
       .def("__repr__", [](const EqualizeResult& r) {
         return "EqualizeResult(folded=" + std::to_string(r.fold.folded.size()) +
                ", cls_sets=" + std::to_string(r.cls.sets.size()) +

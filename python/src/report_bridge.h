@@ -36,6 +36,8 @@ nb::dict to_dict(const ClsSetResult& s);
 nb::dict to_dict(const ClsResult& r);
 nb::dict to_dict(const BiasAbsorption& a);
 nb::dict to_dict(const HighBiasResult& r);
+nb::dict to_dict(const BiasCorrection& c);
+nb::dict to_dict(const BiasCorrectionResult& r);
 nb::dict to_dict(const ActivationEdit& e);
 nb::dict to_dict(const ActivationResult& r);
 nb::dict to_dict(const UnrolledParameter& u);

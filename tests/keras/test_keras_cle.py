@@ -623,3 +623,22 @@ def test_torch_and_keras_come_out_with_the_same_weights():
     close(keq.get_layer("act1").upper.numpy(), tm[2].upper.numpy())
     close(keq.get_layer("act2").upper.numpy(), tm[5].upper.numpy())
     np.testing.assert_allclose(run(keq, xk), np.transpose(np_(tm(xt)), (0, 2, 3, 1)), rtol=1e-4, atol=1e-4)
+
+
+def test_bias_correction_moves_biases_by_the_engine_correction():
+    model = mobile_block()
+    x = inputs_for(model, batch=2)
+    plain = equalize_model(model)
+    corrected, result = equalize_model(model, return_result=True, bias_correction=True,
+                                       bias_correction_per_channel=True)
+    bc = result.bias_correction
+    assert bc.changes_fp32_output and "Bias correction" in result.explain()
+    # dw and pw read a BN's statistics (folded into conv1 / dw) through ReLU6; conv4 reads pw's
+    # folded BN directly; fc sits behind pooling; conv1 reads the graph input.
+    assert {c.layer for c in bc.corrected} == {"dw", "pw", "conv4"}
+    assert {d.nodes[0] for d in bc.declined} == {"conv1", "fc"}
+    for c in bc.corrected:
+        before = plain.get_layer(c.layer).bias.numpy()
+        after = corrected.get_layer(c.layer).bias.numpy()
+        np.testing.assert_allclose(after, before - np.asarray(c.correction), rtol=1e-5, atol=1e-6)
+    assert rel_err(run(corrected, x), run(plain, x)) > 0  # the FP32 function changes on purpose

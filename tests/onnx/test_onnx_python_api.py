@@ -49,3 +49,18 @@ def test_bad_input_is_a_typed_error():
     with pytest.raises(TypeError):
         equalize_model(3.5)
 
+
+
+def test_equalize_model_bias_correction_changes_biases_on_purpose():
+    b, model = _model()
+    feeds = b.feeds({"x": [1, 3, 12, 12]})
+    plain, _ = equalize_model(model)
+    out, result = equalize_model(model, bias_correction=True, bias_correction_bits=6)
+    onnx.checker.check_model(out)
+    bc = result.bias_correction
+    assert bc.changes_fp32_output and len(bc.corrected) == 2  # the depthwise and the last conv
+    assert "graph input" in bc.declined[0].reason
+    assert result.to_dict()["bias_correction"]["changes_fp32_output"] is True
+    assert max_rel_err(run_ort(out, feeds), run_ort(plain, feeds)) > 1e-6
+    _, default = equalize_model(model)
+    assert not default.bias_correction.corrected and not default.bias_correction.declined

@@ -37,14 +37,17 @@ def _export(model: nn.Module, path) -> None:
     assert any(n.op_type == "BatchNormalization" for n in onnx.load(str(path)).graph.node)
 
 
-@pytest.mark.parametrize("relu6", ["bound", "replace"])
-def test_torch_api_and_onnx_cli_agree(tmp_path, relu6):
+@pytest.mark.parametrize("relu6,bias_correction", [("bound", False), ("replace", False), ("bound", True)])
+def test_torch_api_and_onnx_cli_agree(tmp_path, relu6, bias_correction):
     model = make_block()
     exported = copy.deepcopy(model)
     _export(exported, tmp_path / "in.onnx")
-    equalize_model(model, relu6=relu6, absorb_high_bias=True)
+    result = equalize_model(model, relu6=relu6, absorb_high_bias=True, bias_correction=bias_correction,
+                            bias_correction_per_channel=True)
+    assert bool(result.bias_correction.corrected) == bias_correction
+    extra = ["--bias-correction", "--bias-correction-per-channel"] if bias_correction else []
     subprocess.run([_cli(), "equalize", str(tmp_path / "in.onnx"), "-o", str(tmp_path / "out.onnx"),
-                    "--relu6", relu6, "--high-bias"], check=True, capture_output=True)
+                    "--relu6", relu6, "--high-bias", *extra], check=True, capture_output=True)
     out = onnx.load(str(tmp_path / "out.onnx"))
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in out.graph.initializer}
     compared = 0

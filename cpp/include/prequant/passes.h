@@ -38,6 +38,14 @@ struct ClsOptions {
   double max_scale = 1e6;
 };
 
+// The weight quantizer analytic bias correction assumes: the one the model will be quantized
+// with (onnxruntime QDQ's default for weights: symmetric, per channel or per tensor).
+struct WeightQuantizer {
+  int bits = 8;              // 2..16
+  bool per_channel = false;  // one scale per output channel, else one per tensor
+  bool symmetric = true;     // levels −(2^(b−1)−1)..2^(b−1)−1, zero at 0; else min/max with a zero point
+};
+
 struct EqualizeOptions {
   ClsOptions cls;
   bool fold = true;
@@ -45,6 +53,10 @@ struct EqualizeOptions {
   // EfficientNet-Lite0 it did not improve INT8 accuracy (docs/BENCHMARKS.md). AIMET runs it.
   bool absorb_high_bias = false;
   double high_bias_sigmas = 3.0;
+  // Off by default: it changes the FP32 function on purpose, to cancel the mean output shift
+  // weight quantization with `bias_quantizer` would cause (docs/BENCHMARKS.md has the numbers).
+  bool bias_correction = false;
+  WeightQuantizer bias_quantizer;
 };
 
 // check_options.cpp — InvalidRequestError with the fix unless min_scale > 0, max_scale ≥
@@ -74,6 +86,19 @@ ClsResult scale_model(Graph& graph, const ClsOptions& options = {});
 HighBiasResult absorb_high_bias(Graph& graph, const std::vector<ClsSetResult>& sets,
                                 const std::unordered_map<std::string, FoldedBnStats>& bn_stats,
                                 double sigmas = 3.0);
+
+// correct_bias.cpp — analytic (data-free) bias correction, DFQ §4.2. `stats` maps a layer to the
+// BN folded after it, as its output is now (see track_folded_bn_stats); BNs still in the graph
+// are read directly.
+BiasCorrectionResult correct_bias(Graph& graph, const std::unordered_map<std::string, FoldedBnStats>& stats,
+                                  const WeightQuantizer& quantizer = {});
+// The statistics of each BN folded after a layer (conv→BN), carried through what equalization did
+// since: the layer's output channel c divided by its CLS scale s[c] (γ/s, β/s), and the bias
+// high-bias absorption moved out (β − c).
+std::unordered_map<std::string, FoldedBnStats> track_folded_bn_stats(const FoldResult& fold, const ClsResult& cls,
+                                                                      const HighBiasResult& high_bias);
+// E[act(z)] for z ~ N(mean, std) clipped to [lo, hi] (±infinity allowed): the clipped-normal mean.
+double clipped_normal_mean(double mean, double std, double lo, double hi);
 
 // equalize_model.cpp — unroll, fold, ReLU6 policy, CLS, high-bias absorption.
 EqualizeResult equalize_model(Graph& graph, const EqualizeOptions& options = {});

@@ -14,10 +14,12 @@
 //                    "relu_between", "activations_between": [..]}]}], "declined",
 //                    "iterations", "last_max_log_scale"}
 //   HighBiasResult  {"absorbed": [{"layer1", "layer2", "amount": [..], "bias_added"}], "declined"}
+//   BiasCorrectionResult {"corrected": [{"layer", "statistics_from", "activations": [..],
+//                    "correction": [..], "bias_added"}], "changes_fp32_output", "declined"}
 //   ActivationResult {"edits": [{"node", "kind": "replaced_with_relu"|"bounded_per_channel",
 //                     "upper_bound": [..]}], "declined"}
 //   UnrollResult    {"copies": [{"node", "original_name", "new_name"}]}
-//   EqualizeResult  {"unroll", "fold", "activations", "cls", "high_bias", "declined": [all]}
+//   EqualizeResult  {"unroll", "fold", "activations", "cls", "high_bias", "bias_correction", "declined": [all]}
 #pragma once
 
 #include <string>
@@ -35,6 +37,7 @@ nlohmann::json to_json(const FoldResult& r);
 nlohmann::json to_json(const ClsCandidates& r);
 nlohmann::json to_json(const ClsResult& r);
 nlohmann::json to_json(const HighBiasResult& r);
+nlohmann::json to_json(const BiasCorrectionResult& r);
 nlohmann::json to_json(const ActivationResult& r);
 nlohmann::json to_json(const UnrollResult& r);
 nlohmann::json to_json(const EqualizeResult& r);
@@ -44,6 +47,7 @@ std::string explain(const FoldResult& r);
 std::string explain(const ClsCandidates& r);
 std::string explain(const ClsResult& r);
 std::string explain(const HighBiasResult& r);
+std::string explain(const BiasCorrectionResult& r);
 std::string explain(const ActivationResult& r);
 std::string explain(const UnrollResult& r);
 std::string explain(const EqualizeResult& r);

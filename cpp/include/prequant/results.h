@@ -117,12 +117,28 @@ struct UnrollResult {
   std::vector<UnrolledParameter> copies;
 };
 
+// Analytic bias correction of one layer: `correction` (per output channel) was subtracted from
+// its bias, the expected output shift its weight quantization error causes.
+struct BiasCorrection {
+  std::string layer;
+  std::string statistics_from;           // the layer with a folded BN, or the BN, giving E[x]
+  std::vector<std::string> activations;  // what sits between, in order
+  std::vector<double> correction;        // Σ_i (Σ_k ε[o, i, k])·E[x_i]
+  bool bias_added = false;               // the layer had no bias; the engine created one
+};
+
+struct BiasCorrectionResult {
+  std::vector<BiasCorrection> corrected;
+  std::vector<Declined> declined;
+};
+
 struct EqualizeResult {
   UnrollResult unroll;
   FoldResult fold;
   ActivationResult activations;
   ClsResult cls;
   HighBiasResult high_bias;
+  BiasCorrectionResult bias_correction;  // changes the FP32 function on purpose (see correct_bias)
 };
 
 }  // namespace prequant

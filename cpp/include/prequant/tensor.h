@@ -112,6 +112,10 @@ class RangeMatrix {
 // memory order; `run` holds them as doubles (valid only during the call). Read-only: for
 // statistics over each output channel's elements (weight_stats.h).
 void visit_out_channels(const Weight& w, const std::function<void(int64_t, std::span<const double>)>& visit);
+// Calls visit(o, i, run) for every contiguous run of W's elements that share output channel o and
+// input channel i (full indices), in memory order; read-only, `run` valid only during the call.
+void visit_channel_pairs(const Weight& w,
+                         const std::function<void(int64_t, int64_t, std::span<const double>)>& visit);
 // W[o, i, ...] *= out_factor[o] · in_factor[i], prepared now and applied later: the constructor
 // checks the layout and sizes and allocates; apply() cannot fail, so a caller can prepare every
 // write before making the first (what lets a transaction skip backing weights up).

@@ -291,7 +291,9 @@ def replace_relu6_with_relu(model: keras.Model):
 
 
 def equalize_model(model: keras.Model, *, relu6: str = "bound", max_iterations: int = DEFAULT_MAX_ITERATIONS,
-                   absorb_high_bias: bool = False, return_result: bool = False):
+                   absorb_high_bias: bool = False, return_result: bool = False, bias_correction: bool = False,
+                   bias_correction_bits: int = 8, bias_correction_per_channel: bool = False,
+                   bias_correction_symmetric: bool = True):
     """Fold batch norms, handle ReLU6, scale CLS sets (and, with ``absorb_high_bias=True``, absorb
     high bias: an approximation, off by default — docs/BENCHMARKS.md) in one atomic engine
     call; returns the new, equalized model (``(new_model, EqualizeResult)`` with
@@ -305,16 +307,24 @@ def equalize_model(model: keras.Model, *, relu6: str = "bound", max_iterations: 
     place and returns the result, ONNX returns ``(proto, result)``. ``return_result=True`` gives
     the engine's EqualizeResult as the last element everywhere. A layer sharing a variable with
     another gets its own copy in the new model; a layer called at several places is left as it
-    is (with a warning; ``prepare_model`` unrolls it)."""
+    is (with a warning; ``prepare_model`` unrolls it).
+
+    ``bias_correction=True`` adds analytic bias correction (DFQ §4.2) for the weight quantizer
+    ``bias_correction_bits`` / ``_per_channel`` / ``_symmetric``: it changes the FP32 output on
+    purpose, to cancel the mean shift weight quantization causes (``result.bias_correction``)."""
     eg = build_engine_graph(model)
     result = _core.equalize_model(eg.graph, relu6=relu6, max_iterations=max_iterations,
-                                  absorb_high_bias=absorb_high_bias)
+                                  absorb_high_bias=absorb_high_bias, bias_correction=bias_correction,
+                                  bias_correction_bits=bias_correction_bits,
+                                  bias_correction_per_channel=bias_correction_per_channel,
+                                  bias_correction_symmetric=bias_correction_symmetric)
     warn_fused_activation_before_bn(eg, result.fold.declined)
     new_model = build_model(
         eg,
         removed=[f.request.bn for f in result.fold.folded],
         bias_added=[f.request.layer for f in result.fold.folded if f.bias_added]
-        + [a.layer2 for a in result.high_bias.absorbed if a.bias_added],
+        + [a.layer2 for a in result.high_bias.absorbed if a.bias_added]
+        + [c.layer for c in result.bias_correction.corrected if c.bias_added],
         edits=list(result.activations.edits) + list(result.cls.activation_edits),
     )
     return (new_model, result) if return_result else new_model

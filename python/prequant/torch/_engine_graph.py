@@ -573,4 +573,7 @@ def apply_equalize(eg: EngineGraph, result) -> None:
     apply_folds(eg, result.fold)
     apply_activation_edits(eg, list(result.activations.edits) + list(result.cls.activation_edits))
     apply_high_bias(eg, result.high_bias)
+    for corrected in result.bias_correction.corrected:
+        if corrected.bias_added:
+            _give_bias(eg, corrected.layer)
 

@@ -228,7 +228,9 @@ def replace_relu6_with_relu(model: nn.Module) -> nn.Module:
 
 
 def equalize_model(model: nn.Module, input_shapes=None, dummy_input=None, *, relu6: str = "bound",
-                   max_iterations: int = DEFAULT_MAX_ITERATIONS, absorb_high_bias: bool = False):
+                   max_iterations: int = DEFAULT_MAX_ITERATIONS, absorb_high_bias: bool = False,
+                   bias_correction: bool = False, bias_correction_bits: int = 8,
+                   bias_correction_per_channel: bool = False, bias_correction_symmetric: bool = True):
     """Fold batch norms, handle ReLU6, scale CLS sets (and, with ``absorb_high_bias=True``,
     absorb high bias: an approximation, off by default — docs/BENCHMARKS.md) — in place, in one
     atomic engine call. Returns the engine's EqualizeResult (``.explain()`` prints every
@@ -240,11 +242,21 @@ def equalize_model(model: nn.Module, input_shapes=None, dummy_input=None, *, rel
     GraphModule (as prepare_model does; undone if the engine fails), and is declined with a
     reason otherwise. `dummy_input` (or `input_shapes`), when given, gives the rank of each input
     (an nn.Linear pairs with a conv/BN only on 2-D tensors) and is used to check that the model
-    still runs."""
+    still runs.
+
+    ``bias_correction=True`` adds analytic (data-free) bias correction, DFQ §4.2: each layer's
+    bias loses (Q(W) − W)·E[x], with E[x] from the batch norm before it, for the weight quantizer
+    given by ``bias_correction_bits`` / ``_per_channel`` / ``_symmetric`` (match the quantizer
+    you will use). It changes the FP32 output on purpose (``result.bias_correction``). AIMET's
+    ``aimet_torch.bias_correction.correct_bias`` is the data-driven counterpart."""
     eg = build_engine_graph(model, unroll_shared=True, input_ranks=input_ranks_of(dummy_input, input_shapes))
     with eg.restored_on_error():
         result = _core.equalize_model(eg.graph, relu6=relu6, max_iterations=max_iterations,
-                                      absorb_high_bias=absorb_high_bias)
+                                      absorb_high_bias=absorb_high_bias,
+                                      bias_correction=bias_correction,
+                                      bias_correction_bits=bias_correction_bits,
+                                      bias_correction_per_channel=bias_correction_per_channel,
+                                      bias_correction_symmetric=bias_correction_symmetric)
     apply_equalize(eg, result)
     if dummy_input is None and input_shapes is not None:
         shapes = input_shapes if isinstance(input_shapes[0], (tuple, list)) else [input_shapes]
