@@ -19,5 +19,10 @@ fi
 echo "==> pip install (frameworks and test tools)"
 python3 -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 
+# tf_keras (Keras 2, for the tf_keras tests): same minor version as TensorFlow, no dependencies
+# (it names `tensorflow`, and tensorflow-cpu is that package under another name).
+tf_minor=$(python3 -c "import importlib.metadata as m; print('.'.join(m.version('tensorflow-cpu').split('.')[:2]))")
+python3 -m pip install -q --disable-pip-version-check --no-deps "tf-keras~=${tf_minor}.0"
+
 echo "==> pip install . (builds the engine, the tool and the extension)"
 python3 -m pip install -q --disable-pip-version-check --no-build-isolation .
