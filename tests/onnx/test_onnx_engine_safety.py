@@ -78,3 +78,11 @@ def test_a_newer_opset_points_to_the_version_converter_and_the_call_works():
     converted = onnx.version_converter.convert_version(model, 20)
     _, result = equalize_model(converted)
     assert result.fold.folded and result.cls.sets
+
+
+def test_cli_refuses_zero_iterations(cli, tmp_path):  # CLI11's range check, then the engine's
+    from pq_onnx_helpers import run_cli
+    src = tmp_path / "m.onnx"
+    onnx.save(conv_bn_pool_conv(helper.make_node("MaxPool", ["z"], ["p"], kernel_shape=[2, 2])), src)
+    proc = run_cli(cli, "equalize", str(src), "-o", str(tmp_path / "o.onnx"), "--iterations", "0", expect_ok=False)
+    assert proc.returncode != 0 and "--iterations" in proc.stderr and "1" in proc.stderr, proc.stderr
