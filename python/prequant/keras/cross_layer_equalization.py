@@ -15,7 +15,8 @@ Two kinds of functions, because a built Keras model's structure cannot change in
   NEW functional model and leave the model given unchanged. ``equalize_model``'s default ReLU6
   policy 'bound' puts a ``BoundedReLU`` (per-channel clip, ``prequant.keras.activations``) where a
   ReLU6 was, so (with ``absorb_high_bias=False``, the default) the FP32 output equals the original's;
-  'replace' uses ``ReLU`` (as AIMET; FP32 output changes slightly); 'skip' leaves pairs with a
+  'replace' uses ``ReLU`` for the ReLU6s between scaled layers only (as aimet-onnx; FP32 output
+  changes); 'skip' leaves pairs with a
   ReLU6 between unscaled.
 - ``CrossLayerScaling.scale_model``, ``CrossLayerScaling.scale_cls_sets`` and
   ``HighBiasFold.bias_fold`` work IN PLACE on the layers given (AIMET's contract): weights are
