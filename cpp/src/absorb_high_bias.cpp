@@ -17,8 +17,10 @@
 //   a per-channel clip bound B (ReLU6 'bound' policy) caps c at B and becomes B − c;
 //   b1 −= c;  b2 += Σ_i (Σ_k W2[:, i, k])·c[i]   (elementwise for a depthwise L2).
 // Declined: no folded BN for L1, a transposed L2 (a constant input does not give a constant
-//   output), statistics of the wrong size, a padding L2 or a zero pad between (see above), a
-//   ReLU6 with no per-channel bound to lower.
+//   output), statistics of the wrong size, a padding L2 or a zero pad between (see above), an
+//   average pool between that counts its padding (same border error; max pools and averages of
+//   real values only are exact: max(x − c) = max(x) − c, mean(x − c) = mean(x) − c), a ReLU6
+//   with no per-channel bound to lower.
 #include <algorithm>
 #include <cmath>
 
@@ -85,6 +87,10 @@ HighBiasResult absorb_high_bias(Graph& graph, const std::vector<ClsSetResult>& s
         if (n.kind == OpKind::Clip && n.clip_max_per_channel.empty() && std::isfinite(n.clip_max))
           blocked = "ReLU6/Clip '" + n.name + "' between has no per-channel bound to lower with the bias; use "
                     "the 'bound' ReLU6 policy, or replace ReLU6 with ReLU first";
+        if (n.kind == OpKind::Pool && n.has_padding)
+          blocked = "pool '" + n.name + "' sits between and counts its padded zeros in its average: a shift "
+                    "of its input is not a shift of its output at the borders, so the bias moved into '" +
+                    l2.name + "' would be wrong there";
         if (n.kind == OpKind::ZeroPad)
           blocked = "zero padding '" + n.name + "' sits between: its border zeros would not be shifted, so "
                     "the bias moved into '" + l2.name + "' would be wrong at every border pixel";

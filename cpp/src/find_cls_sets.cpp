@@ -17,6 +17,23 @@
 
 namespace prequant {
 
+namespace {
+// Only for the wording of a decline: ops that join, split, average or resample channels linearly
+// (a scaling would pass through them exactly), as the three front ends name them. Which nodes
+// CLS may cross is decided by node kinds, never by these names.
+bool moves_channels_linearly(const std::string& op_type) {
+  static const char* const names[] = {
+      "Concat", "Split", "Chunk", "Mean", "Interpolate", "Upsample", "Slice", "Resize", "ReduceMean",
+      "Concatenate", "UpSampling1D", "UpSampling2D", "UpSampling3D", "Resizing", "Cropping1D", "Cropping2D",
+      "Cropping3D", "call_function:cat", "call_function:split", "call_function:chunk",
+      "call_function:interpolate", "call_function:mean", "call_method:mean", "call_method:split",
+      "call_method:chunk"};
+  for (const char* n : names)
+    if (op_type == n) return true;
+  return false;
+}
+}  // namespace
+
 std::optional<ClsLink> follow_to_next_layer(const Graph& graph, size_t layer, Relu6Policy relu6,
                                             std::string& why) {
   const Node& l1 = graph.nodes[layer];
@@ -40,8 +57,10 @@ std::optional<ClsLink> follow_to_next_layer(const Graph& graph, size_t layer, Re
     }
     const Node& n = graph.nodes[users[0]];
     if (n.kind == OpKind::Opaque) {
-      why = "'" + n.name + "' (" + (n.op_type.empty() ? "opaque" : n.op_type) +
-            ") follows and is not known to be positively homogeneous per channel" +
+      why = "'" + n.name + "' (" + (n.op_type.empty() ? "opaque" : n.op_type) + ") follows and " +
+            (moves_channels_linearly(n.op_type)
+                 ? "is linear, but cross-layer scaling does not carry scales through it yet"
+                 : "is not known to be positively homogeneous per channel") +
             (n.opaque_reason.empty() ? "" : " (" + n.opaque_reason + ")");
       return std::nullopt;
     }

@@ -15,7 +15,8 @@
 //   BatchNormalization (inference form), Relu, Clip (constant scalar bounds), LeakyRelu,
 //   PRelu (slope initializer, scalar or per channel), Identity, Pad (constant mode, value 0,
 //   constant pads, none on the batch or channel axis) -> ZeroPad,
-//   MaxPool / AveragePool / GlobalAveragePool / GlobalMaxPool -> Pool.
+//   MaxPool / AveragePool / GlobalAveragePool / GlobalMaxPool -> Pool (has_padding: an
+//   AveragePool with count_include_pad = 1 and pads or auto_pad SAME_*).
 // Channel axes: conv activations keep channels on axis 1, a MatMul on a rank > 2 tensor on the
 // last axis. The reader tracks which holds for each tensor and makes a node Opaque when the
 // two would meet (a BN after such a MatMul would normalize the wrong axis).
@@ -58,24 +59,36 @@ void ModelState::parse(std::string_view bytes) {
   if (model.ir_version() <= 0)
     throw ModelFormatError("the model has no ir_version; it is damaged or not an ONNX model");
   bool found = false;
+  std::string other_domains;
   for (const auto& op : model.opset_import()) {
     if (op.domain().empty() || op.domain() == "ai.onnx") {
       found = true;
       opset = op.version();
+    } else {
+      other_domains += (other_domains.empty() ? "" : ", ") + op.domain() + " " + std::to_string(op.version());
     }
   }
+  if (!found && !other_domains.empty())  // e.g. an ai.onnx.ml or training-only model: well-formed
+    throw UnsupportedError("the model imports only the opset(s) " + other_domains +
+                           ", none of the default ONNX domain (ai.onnx); prequant folds and scales "
+                           "Conv, Gemm, MatMul and BatchNormalization of the default domain, so "
+                           "there is nothing it can work on in this model");
   if (!found)
-    throw ModelFormatError("the model imports no opset of the default ONNX domain (truncated or "
-                           "damaged file); re-export it");
+    throw ModelFormatError("the model imports no opset at all (opset_import is empty: a damaged "
+                           "or hand-built file); re-export it, or add the default-domain opset");
   if (opset < 13)
     throw UnsupportedError("the model uses opset " + std::to_string(opset) +
                            " of the default ONNX domain; prequant reads opsets 13 to 20 — convert "
                            "it first (onnx.version_converter.convert_version(model, 17)) or "
                            "re-export with opset_version=17");
+  // Newer opsets are not accepted as they are: each mapped operator's schema would have to be
+  // checked opset by opset. onnx's version converter does exactly that and converts models of
+  // opset 21 to 23 built from the operators prequant maps down to 20 (checked with onnx 1.23).
   if (opset > 20)
     throw UnsupportedError("the model uses opset " + std::to_string(opset) +
-                           " of the default ONNX domain; prequant reads opsets 13 to 20 — "
-                           "re-export with opset_version=17 to 20");
+                           " of the default ONNX domain; prequant reads opsets 13 to 20 — convert "
+                           "it first: onnx.save(onnx.version_converter.convert_version("
+                           "onnx.load(path), 20), path_20), or re-export with opset_version=20");
   external_files = load_external_data(model, base_dir);
   used_external_data = !external_files.empty();
 }
@@ -773,6 +786,14 @@ std::string Reader::map_pool(const pb::NodeProto& n, Node& node) {
     if (!n.output(k).empty()) return "it also outputs indices";
   if (auto why = require_channels_on_axis1(n, n.input(0)); !why.empty()) return why;
   node.kind = OpKind::Pool;
+  // An AveragePool that counts its padding averages in zeros at the borders (high-bias
+  // absorption across it would be inexact there); MaxPool pads with −inf, which never wins.
+  if (n.op_type() == "AveragePool" && attr_int(n, "count_include_pad", 0) != 0) {
+    const auto pads = attr_ints(n, "pads");
+    const std::string auto_pad = attr_string(n, "auto_pad", "NOTSET");
+    node.has_padding = auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER" ||
+                       std::any_of(pads.begin(), pads.end(), [](int64_t p) { return p != 0; });
+  }
   const TensorInfo x = info(n.input(0));
   info_[n.output(0)] = {x.rank, x.axis == ChannelAxis::Free ? ChannelAxis::Free : ChannelAxis::Second};
   return {};

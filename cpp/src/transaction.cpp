@@ -92,12 +92,18 @@ void Transaction::commit() {
 }
 
 namespace {
-int fail_after = -1;
-int writes = 0;
+// Per thread: passes on different graphs run concurrently without the GIL, and a shared counter
+// written by all of them was a data race. A pass runs on the thread that called it, so a test
+// arms the thread it calls from, and no other thread's pass ever sees the injection. Unarmed, a
+// write costs one thread-local load (the counter is only kept while armed or counting).
+thread_local int fail_after = -1;
+thread_local int writes = 0;
+thread_local bool counting = false;
 }  // namespace
 
 namespace detail {
 void note_write() {
+  if (!counting) return;
   ++writes;
   if (fail_after >= 0 && writes > fail_after)
     throw Error("injected failure after " + std::to_string(fail_after) + " parameter writes");
@@ -108,6 +114,7 @@ namespace testing {
 void set_fail_after_writes(int n) {
   fail_after = n;
   writes = 0;
+  counting = true;  // writes_seen() counts from here on, on this thread
 }
 int writes_seen() { return writes; }
 }  // namespace testing

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <thread>
 
 #include "cls_models.h"
 #include "prequant/errors.h"
@@ -290,6 +291,27 @@ TEST(Atomicity, InvalidParameterLeavesGraphUntouched) {
   EXPECT_THROW(prequant::scale_cls_sets(m.graph, {ClsSetSpec{{"c1", "dw", "c3"}}, ClsSetSpec{{"c3", "c4"}}}),
                prequant::InvalidParameterError);
   EXPECT_EQ(snap.diff(GraphSnapshot::take(m.graph)), "");
+}
+
+// The hook is per thread: a pass on another graph, on another thread, neither fails nor counts
+// (the counters were plain globals written by every pass: a data race between concurrent passes).
+TEST(FaultInjectionHook, ArmsOnlyTheCallingThread) {
+  RefModel here(211), there(211);
+  build_pair(here, Between::Relu);
+  build_pair(there, Between::Relu);
+  FaultInjection inject(0);
+  bool other_ok = false;
+  std::thread other([&] {
+    try {
+      prequant::scale_model(there.graph);
+      other_ok = true;
+    } catch (const prequant::Error&) {
+    }
+  });
+  other.join();
+  EXPECT_TRUE(other_ok);
+  EXPECT_EQ(prequant::testing::writes_seen(), 0);
+  EXPECT_THROW(prequant::scale_model(here.graph), prequant::Error);
 }
 
 }  // namespace

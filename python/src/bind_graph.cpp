@@ -184,9 +184,9 @@ NodeInfo info_of(const Node& n) {
     i.weight_name = n.weight.tensor.name;
     i.bias_name = n.bias.name;
     i.layout = n.weight.layout;
-    i.has_padding = n.has_padding;
     i.spatial_rank = n.spatial_rank;
   }
+  i.has_padding = n.has_padding;  // a conv that pads, or a pool whose padding enters its output
   i.eps = n.eps;
   i.clip_min = n.clip_min;
   i.clip_max = n.clip_max;
@@ -408,7 +408,7 @@ void bind_graph(nb::module_& m) {
           "add_activation",
           [](PyGraph& self, const std::string& name, const std::string& kind, nb::handle inputs,
              nb::handle outputs, double clip_min, double clip_max, nb::handle clip_max_per_channel, double alpha,
-             nb::handle slope, const std::string& op_type, nb::handle names) {
+             nb::handle slope, const std::string& op_type, nb::handle names, bool has_padding) {
             Node node;
             node.name = name;
             node.kind = activation_kind(kind, name);
@@ -420,6 +420,11 @@ void bind_graph(nb::module_& m) {
             if (!clip_max_per_channel.is_none())
               node.clip_max_per_channel = doubles_of(clip_max_per_channel, "clip_max_per_channel of '" + name + "'");
             node.alpha = alpha;
+            if (has_padding && node.kind != OpKind::Pool)
+              throw InvalidRequestError("has_padding is for a pool whose padded zeros enter its average ('" + name +
+                                            "' is a " + kind + "); a zero pad is kind 'zero_pad'.",
+                                        name);
+            node.has_padding = has_padding;
             std::vector<nb::ndarray<>> keep;
             if (!slope.is_none()) node.slope = take(slope, name, "slope", names, keep);
             if (node.kind == OpKind::PRelu && node.slope.empty())
@@ -428,10 +433,12 @@ void bind_graph(nb::module_& m) {
           },
           "name"_a, "kind"_a, "inputs"_a, "outputs"_a, "clip_min"_a = 0.0, "clip_max"_a = 6.0,
           "clip_max_per_channel"_a = nb::none(), "alpha"_a = 0.01, "slope"_a = nb::none(), "op_type"_a = "",
-          "names"_a = nb::none(),
+          "names"_a = nb::none(), "has_padding"_a = false,
           "Adds an activation-like node: relu, clip (relu6 = clip 0..6), leaky_relu (alpha), prelu "
           "(slope array), identity, zero_pad, pool or opaque. A clip may carry a per-channel upper bound "
-          "(clip_max_per_channel), as a ReLU6 bounded by an earlier scaling does.")
+          "(clip_max_per_channel), as a ReLU6 bounded by an earlier scaling does. A pool has "
+          "`has_padding=True` when padded zeros enter its output (an average pool counting its padding, "
+          "or one with a divisor override); max-pool padding (-inf) does not.")
       .def(
           "add_opaque",
           [](PyGraph& self, const std::string& name, const std::string& op_type, nb::handle inputs,

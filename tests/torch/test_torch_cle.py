@@ -116,8 +116,10 @@ def test_high_bias_absorption_applied_and_close():
     ref = model(x)
     result = equalize_model(model, absorb_high_bias=True)
     assert result.high_bias.absorbed, result.explain()
-    # An approximation (3σ); outputs stay close on typical inputs.
-    assert rel_err(model(x), ref) < 0.5
+    # The amounts against an independent computation of the 3σ rule, to 1e-9:
+    # test_torch_engine_safety.py::test_high_bias_absorption_matches_the_3_sigma_rule. Here: the
+    # pair with nothing between (pw → conv4) moves all of β', so the output moves, but boundedly.
+    assert 0 < rel_err(model(x), ref) < 0.5
     # Off by default.
     default = equalize_model(make_block())
     assert not default.high_bias.absorbed and not default.high_bias.declined

@@ -47,7 +47,11 @@ struct Node {
   // Conv / Linear
   Weight weight;
   TensorView bias;                   // empty: the layer has no bias
-  bool has_padding = false;          // the conv pads its input (BN→conv fold would be inexact)
+  bool has_padding = false;          // Conv: pads its input (BN→conv fold would be inexact).
+                                     // Pool: padded zeros enter its output (an average pool
+                                     // counting its padding), so a shift of its input is not
+                                     // a shift of its output at the borders. Max-pool padding
+                                     // (−inf) does not count.
   int spatial_rank = 0;              // 0 for Linear, 1..3 for ConvNd
   // Linear in a channels-first graph (PyTorch nn.Linear): it contracts the LAST axis, while conv
   // and batch-norm channels sit on axis 1; the two agree only on 2-D tensors. `input_rank` is the

@@ -281,6 +281,9 @@ def _classify(op, node, calls: int) -> tuple[str, str]:
     if cls in _POOL:
         if not _data_format_ok(op):
             return "opaque", f"{cls_name} with data_format='{op.data_format}'"
+        # No has_padding: Keras' 'same' average pooling divides by the real inputs only and max
+        # pooling pads with -inf, so a shift of the input is a shift of the output everywhere
+        # (measured: tests/keras/test_keras_engine_safety.py).
         return "pool", ""
     if cls in _IDENTITY:
         return "identity", ""

@@ -15,10 +15,11 @@ Two kinds of functions, because a built Keras model's structure cannot change in
   NEW functional model and leave the model given unchanged. ``equalize_model``'s default ReLU6
   policy 'bound' puts a ``BoundedReLU`` (per-channel clip, ``prequant.keras.activations``) where a
   ReLU6 was, so (with ``absorb_high_bias=False``, the default) the FP32 output equals the original's;
-  'replace' uses ``ReLU``, which changes the FP32 function wherever activations exceed 6: on
-  the pretrained EfficientNet-Lite0 it collapses FP32 top-1 from 88.8 % to 57.5 % (FP32 SQNR
-  0.2 dB; docs/BENCHMARKS.md), so use it only for a model trained with ReLU; 'skip' leaves
-  pairs with a ReLU6 between unscaled.
+  'replace' uses ``ReLU`` for the ReLU6s between scaled layers only (as aimet-onnx does), which
+  changes the FP32 function wherever activations exceed 6: before that scope was narrowed, on the
+  pretrained EfficientNet-Lite0 it collapsed FP32 top-1 from 88.8 % to 57.5 % (FP32 SQNR 0.2 dB;
+  docs/BENCHMARKS.md), so use it only for a model trained with ReLU; 'skip' leaves pairs with a
+  ReLU6 between unscaled.
 - ``CrossLayerScaling.scale_model``, ``CrossLayerScaling.scale_cls_sets`` and
   ``HighBiasFold.bias_fold`` work IN PLACE on the layers given (AIMET's contract): weights are
   assigned back; a layer without bias that the engine gives one gets a bias variable. They

@@ -115,6 +115,16 @@ def _view(tensor: torch.Tensor, owner: str, role: str):
     return tensor.detach().numpy()
 
 
+def _pool_counts_padding(pool: nn.Module) -> bool:
+    """An average pool whose border outputs are not plain averages of real inputs: it counts padded
+    zeros (count_include_pad with padding) or divides by a fixed divisor. Max pools pad with -inf."""
+    if not isinstance(pool, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
+        return False
+    padding = pool.padding if isinstance(pool.padding, (tuple, list)) else (pool.padding,)
+    return getattr(pool, "divisor_override", None) is not None or (
+        pool.count_include_pad and any(p != 0 for p in padding))
+
+
 def _has_padding(conv: nn.Module) -> bool:
     padding = conv.padding
     if isinstance(padding, str):
@@ -406,7 +416,7 @@ def _add_module(g, name, module, node, inputs, outputs, calls, rank=None):
     elif isinstance(module, _IDENTITY):
         g.add_activation(name, "identity", data_in, outputs, op_type=type_name)
     elif isinstance(module, _POOL):
-        g.add_activation(name, "pool", data_in, outputs, op_type=type_name)
+        g.add_activation(name, "pool", data_in, outputs, op_type=type_name, has_padding=_pool_counts_padding(module))
     elif isinstance(module, _ZERO_PAD) or (isinstance(module, _CONST_PAD) and module.value == 0):
         g.add_activation(name, "zero_pad", data_in, outputs, op_type=type_name)
     else:

@@ -5,7 +5,8 @@ After:  in place, the same function with per-channel weight ranges equalized acr
         batch norms folded, cross-layer scaling (pairs and conv → depthwise → conv triples,
         iterated to convergence over overlapping sets), high-bias absorption, and ReLU6 handled
         by a policy: 'bound' (default; ReLU6 becomes a per-channel BoundedReLU so the FP32 output
-        is unchanged), 'replace' (ReLU6 becomes ReLU, as AIMET does), or 'skip'.
+        is unchanged), 'replace' (a ReLU6 between scaled layers becomes ReLU, as aimet-onnx does; other
+        ReLU6s and output clamps stay), or 'skip'.
 
 Every decision and all weight math happen in the C++ engine on zero-copy views of the
 parameters; this module translates the model, and applies the structural edits.
