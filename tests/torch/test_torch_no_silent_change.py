@@ -242,7 +242,9 @@ def _subclass_model(conv_cls, bn_cls):
     (StdConv, nn.BatchNorm2d, "StdConv")])
 def test_subclass_overriding_forward_is_opaque(conv_cls, bn_cls, name):
     model = _subclass_model(conv_cls, bn_cls)
-    gm = prepare_model(model.eval(), module_classes_to_exclude=[conv_cls if conv_cls is not nn.Conv2d else bn_cls])
+    with pytest.warns(UserWarning, match=f"{name} is kept as a leaf"):
+        gm = prepare_model(model.eval(), module_classes_to_exclude=[conv_cls if conv_cls is not nn.Conv2d else bn_cls])
+    assert any(f"leave every {name} alone" in n for n in gm.prequant_summary.notes)
     result = _check_kept(gm, _rand(2, 3, 12, 12), lambda m: equalize_model(m))
     assert f"{name} subclasses torch.nn" in result.explain()
 
