@@ -113,6 +113,12 @@ def test_unrolling_is_undone_when_the_engine_fails():
         equalize_model(gm)
     assert [n.target for n in gm.graph.nodes if n.op == "call_module"] == targets
     assert {n for n, _ in gm.named_modules()} == names
+    gm = torch.fx.symbolic_trace(model)
+    gm.head.half()  # refused while translating, after the unrolling
+    with pytest.raises(_core.UnsupportedError, match="float16"):
+        equalize_model(gm)
+    assert [n.target for n in gm.graph.nodes if n.op == "call_module"] == targets
+    assert {n for n, _ in gm.named_modules()} == names
 
 
 # ---- item 6: nn.Linear contracts the last axis ------------------------------------------------
