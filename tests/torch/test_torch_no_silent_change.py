@@ -113,6 +113,12 @@ def test_unrolling_is_undone_when_the_engine_fails():
         equalize_model(gm)
     assert [n.target for n in gm.graph.nodes if n.op == "call_module"] == targets
     assert {n for n, _ in gm.named_modules()} == names
+    gm = torch.fx.symbolic_trace(model)
+    gm.head.half()  # refused while translating, after the unrolling
+    with pytest.raises(_core.UnsupportedError, match="float16"):
+        equalize_model(gm)
+    assert [n.target for n in gm.graph.nodes if n.op == "call_module"] == targets
+    assert {n for n, _ in gm.named_modules()} == names
 
 
 # ---- item 6: nn.Linear contracts the last axis ------------------------------------------------
@@ -242,7 +248,9 @@ def _subclass_model(conv_cls, bn_cls):
     (StdConv, nn.BatchNorm2d, "StdConv")])
 def test_subclass_overriding_forward_is_opaque(conv_cls, bn_cls, name):
     model = _subclass_model(conv_cls, bn_cls)
-    gm = prepare_model(model.eval(), module_classes_to_exclude=[conv_cls if conv_cls is not nn.Conv2d else bn_cls])
+    with pytest.warns(UserWarning, match=f"{name} is kept as a leaf"):
+        gm = prepare_model(model.eval(), module_classes_to_exclude=[conv_cls if conv_cls is not nn.Conv2d else bn_cls])
+    assert any(f"leave every {name} alone" in n for n in gm.prequant_summary.notes)
     result = _check_kept(gm, _rand(2, 3, 12, 12), lambda m: equalize_model(m))
     assert f"{name} subclasses torch.nn" in result.explain()
 

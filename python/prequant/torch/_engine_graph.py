@@ -181,6 +181,13 @@ def build_engine_graph(model: nn.Module, *, unroll_shared: bool = False, input_r
     result = EngineGraph(_core.Graph(), model)
     if unroll_shared and isinstance(model, torch.fx.GraphModule):
         result.undo = _unroll_shared_state(model)
+    with result.restored_on_error():  # e.g. a float16 parameter: the model stays as it was
+        _translate(result, fx_graph, input_ranks)
+    return result
+
+
+def _translate(result: EngineGraph, fx_graph: torch.fx.Graph, input_ranks) -> None:
+    model = result.model
     modules = dict(model.named_modules(remove_duplicate=False))
     result.module_names = {id(m): name for name, m in model.named_modules()}
     shared = _shared_state_reasons(fx_graph, modules)
@@ -224,7 +231,6 @@ def build_engine_graph(model: nn.Module, *, unroll_shared: bool = False, input_r
             target = getattr(node.target, "__name__", str(node.target))
             g.add_opaque(node.name, f"{node.op}:{target}", inputs, outputs)
     g.lint()
-    return result
 
 
 def input_ranks_of(dummy_input=None, input_shapes=None):

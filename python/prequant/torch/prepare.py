@@ -115,6 +115,7 @@ def prepare_model(
     summary = PrepareSummary(model=model_name, excluded=list(tracer.excluded_names), notes=notes)
     _note_dropped_hooks(work, graph, notes)
     _note_dropped_no_grad(tracer, notes)
+    _note_excluded_subclasses(tracer.root, tracer.excluded_names, notes)
     _GraphRewriter(prepared, unroll_shared_weights, summary).run()
     prepared.graph.lint()
     prepared.recompile()
@@ -252,7 +253,7 @@ def _describe_trace_failure(exc: BaseException, tracer: _PrepareTracer, model: n
     if path:
         lines.append(f"  - modules_to_exclude=[model.get_submodule('{path}')] or "
                      f"module_classes_to_exclude=[{cls.__name__}]: keep that module as one opaque "
-                     "node instead of tracing into it.")
+                     "node instead of tracing into it (equalization then leaves it alone).")
     else:
         lines.append("  - modules_to_exclude / module_classes_to_exclude: move the untraceable code "
                      "into a submodule and keep that submodule as one opaque node.")
@@ -260,6 +261,33 @@ def _describe_trace_failure(exc: BaseException, tracer: _PrepareTracer, model: n
                  "call to a non-torch function (len, math.sqrt, code that builds tensors from sizes "
                  "or branches on values) as one node instead of tracing through it.")
     return "\n".join(lines)
+
+
+def _torch_base_overridden(module: nn.Module) -> Optional[type]:
+    """The torch.nn class `module` subclasses, if its own class overrides that class's forward."""
+    for base in type(module).__mro__[1:]:
+        if base.__module__.startswith("torch.nn.") and base is not nn.Module:
+            return base if type(module).forward is not base.forward else None
+    return None
+
+
+def _note_excluded_subclasses(root: nn.Module, excluded: dict, notes: list[str]) -> None:
+    """An excluded subclass of a torch.nn layer that overrides forward (timm's BatchNormAct2d,
+    Conv2dSame, StdConv2d) is not its base class: equalization will leave it alone."""
+    found: dict[str, str] = {}
+    for path in excluded:
+        try:
+            module = root.get_submodule(path)
+        except AttributeError:
+            continue
+        base = _torch_base_overridden(module)
+        if base is not None:
+            found.setdefault(type(module).__name__, base.__name__)
+    for cls, base in found.items():
+        _warn(notes, f"{cls} is kept as a leaf (excluded) and overrides {base}.forward, so it may "
+                     f"compute something else than a {base}: batch-norm folding and cross-layer "
+                     f"scaling will leave every {cls} alone. To have them equalized, do not exclude "
+                     f"{cls} (prepare_model then traces into its forward)", stacklevel=4)
 
 
 def _note_dropped_no_grad(tracer: _PrepareTracer, notes: list[str]) -> None:
