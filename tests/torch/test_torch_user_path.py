@@ -69,3 +69,75 @@ def test_equalize_model_verify_warns_when_the_function_moves():
 def test_equalize_model_verify_needs_an_input():
     with pytest.raises(_core.InvalidRequestError, match="dummy_input"):
         equalize_model(make_block(), verify=True)
+
+
+# ---- prepare_model: independent of the original, each tensor copied once ----------------------
+
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from prequant.torch import prepare_model  # noqa: E402
+
+
+class _Mixed(nn.Module):
+    """A leaf conv + BN, a functional conv on a module's own parameter, a reused ReLU, a plain
+    tensor attribute, and a tied weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.w2 = nn.Parameter(torch.randn(8, 8, 1, 1))
+        self.offset = torch.randn(1, 8, 1, 1)
+        self.fc = nn.Linear(8, 8)
+        self.fc2 = nn.Linear(8, 8)
+        self.fc2.weight = self.fc.weight
+
+    def forward(self, x):
+        x = self.relu(self.bn(self.conv(x)))
+        x = self.relu(F.conv2d(x, self.w2) + self.offset)
+        x = x.mean((2, 3))
+        return self.fc2(self.fc(x))
+
+
+def _storages(model):
+    out = {}
+    for m in model.modules():
+        for name, t in list(m._parameters.items()) + list(m._buffers.items()):
+            if t is not None:
+                out[t.untyped_storage().data_ptr()] = name
+    for value in vars(model).values():
+        if isinstance(value, torch.Tensor):
+            out[value.untyped_storage().data_ptr()] = "attribute"
+    return out
+
+
+@pytest.mark.parametrize("make", [lambda: _Mixed().eval(), lambda: make_block()], ids=["mixed", "mobile_block"])
+def test_prepared_model_shares_no_tensor_storage_with_the_original(make):
+    model = make()
+    x = torch.randn(2, 3, 8, 8)
+    ref = model(x).detach()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prepared = prepare_model(model)
+    assert set(_storages(prepared)).isdisjoint(_storages(model))
+    assert not ({id(m) for m in prepared.modules()} & {id(m) for m in model.modules()})
+    assert rel_err(prepared(x).detach(), ref) < 1e-6
+    equalize_model(prepared)  # in place on the prepared model only
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert rel_err(model(x).detach(), ref) == 0
+
+
+def test_prepare_model_copy_false_shares_like_aimet():
+    model = _Mixed().eval()
+    prepared = prepare_model(model, copy=False)
+    assert prepared.conv is model.conv
+    assert set(_storages(prepared)) <= set(_storages(model))
+
+
+def test_prepared_model_keeps_weight_tying_among_its_own_modules():
+    model = _Mixed().eval()
+    prepared = prepare_model(model, unroll_shared_weights=False)
+    assert prepared.fc.weight is prepared.fc2.weight  # still tied, but not to the original
+    assert prepared.fc.weight is not model.fc.weight
