@@ -141,3 +141,59 @@ def test_prepared_model_keeps_weight_tying_among_its_own_modules():
     prepared = prepare_model(model, unroll_shared_weights=False)
     assert prepared.fc.weight is prepared.fc2.weight  # still tied, but not to the original
     assert prepared.fc.weight is not model.fc.weight
+
+
+# ---- CLS: the chain solve reaches the fixed point of plain Gauss-Seidel sweeps ----------------
+
+import math  # noqa: E402
+
+import torchvision  # noqa: E402
+
+from prequant.torch._engine_graph import build_engine_graph  # noqa: E402
+
+
+def _random_bn(model, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                c = m.num_features
+                m.running_var.copy_(10 ** (torch.rand(c, generator=gen) * 3 - 2))
+                m.running_mean.copy_(torch.randn(c, generator=gen))
+                m.weight.copy_(torch.randn(c, generator=gen))
+                m.bias.copy_(torch.randn(c, generator=gen))
+    return model.eval()
+
+
+def _chain(depth=40, channels=8):
+    layers = []
+    for _ in range(depth):
+        layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+def _scales(make, solve_chains, max_iterations):
+    torch.manual_seed(0)
+    model = _random_bn(make())
+    eg = build_engine_graph(model)
+    _core.fold_batch_norms(eg.graph)
+    result = _core.scale_model(eg.graph, max_iterations=max_iterations, tolerance=1e-10,
+                               solve_chains=solve_chains)
+    return result, [[list(p.scale) for p in s.pairs] for s in result.sets]
+
+
+@pytest.mark.parametrize("make,cap", [
+    (lambda: torchvision.models.resnet50(weights=None), 2000),
+    (lambda: torchvision.models.mobilenet_v2(weights=None), 2000),
+    (lambda: _chain(), 20000),
+], ids=["resnet50", "mobilenet_v2", "chain40"])
+def test_chain_solve_reaches_the_fixed_point_of_gauss_seidel_sweeps(make, cap):
+    reference, ref_scales = _scales(make, False, cap)
+    fast, fast_scales = _scales(make, True, cap)
+    assert reference.converged and fast.converged
+    assert fast.iterations <= reference.iterations
+    worst = max(abs(math.log(a / b))
+                for set_a, set_b in zip(ref_scales, fast_scales)
+                for pair_a, pair_b in zip(set_a, set_b)
+                for a, b in zip(pair_a, pair_b))
+    assert len(ref_scales) == len(fast_scales) and worst < 1e-6
