@@ -16,7 +16,10 @@ OpenMP spin-waiting made AIMET's traced forward passes ~10x slower and dominated
 Torch models: resnet50, mobilenet_v2, efficientnet_b0 (torchvision, random weights, randomized
 BN statistics) and chain<N> = (conv 3x3 -> BN -> ReLU) x N. Each tool is called the way its
 documentation shows: prequant `equalize_model(model)`, AIMET `equalize_model(model,
-dummy_input=x)` and `fold_all_batch_norms(model, input_shapes, dummy_input=x)`.
+dummy_input=x)` and `fold_all_batch_norms(model, input_shapes, dummy_input=x)`. The end-to-end
+step `prepare_equalize` times the documented path as one call, for both tools alike:
+`prepare_model(model)`, then `equalize_model(prepared, dummy_input=x)`. `prepare_model_shared`
+is prequant's `prepare_model(model, copy=False)` (shares weights with the original, as AIMET's).
 
 ONNX: each model exported with the TorchScript exporter, BN nodes kept (training=PRESERVE on
 an eval model, do_constant_folding=False; the BN count is checked and reported). The `prequant`
@@ -48,11 +51,14 @@ sys.path.insert(0, HERE)
 import speed_report  # noqa: E402
 
 TORCH_GROUPS = {  # step group -> (tool, step) measured side by side
-    "prepare": [("prequant", "prepare_model"), ("aimet", "prepare_model"), ("torch.fx", "symbolic_trace")],
+    "prepare": [("prequant", "prepare_model"), ("aimet", "prepare_model"), ("torch.fx", "symbolic_trace"),
+                ("prequant", "prepare_model_shared")],
     "fold": [("prequant", "fold_all_batch_norms"), ("aimet", "fold_all_batch_norms"),
              ("engine", "fold_all_batch_norms"), ("copy", "copy_weights")],
     "equalize": [("prequant", "equalize_model"), ("aimet", "equalize_model"),
                  ("engine", "equalize_model"), ("copy", "copy_weights")],
+    # The documented user path, as one timed call: prepare_model, then equalize_model(dummy_input=x).
+    "end_to_end": [("prequant", "prepare_equalize"), ("aimet", "prepare_equalize")],
 }
 ONNX_GROUPS = {
     "fold": [("prequant CLI", "fold"), ("prequant.onnx", "fold_all_batch_norms"),

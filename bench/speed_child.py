@@ -12,7 +12,8 @@ Before the timed call the child imports the tool, runs the same step once on a 2
 (so lazy imports and first-call costs are not counted), builds the model and collects garbage.
 
 Torch tools:  torch.fx (symbolic_trace) | prequant | aimet (prepare_model, fold_all_batch_norms,
-              equalize_model) | engine (prequant._core on a prebuilt engine graph:
+              equalize_model, prepare_equalize = prepare_model then equalize_model(dummy_input=x);
+              prequant also prepare_model_shared = prepare_model(copy=False)) | engine (prequant._core on a prebuilt engine graph:
               fold_all_batch_norms, equalize_model) | copy (copy_weights: one NumPy copy of every
               parameter and buffer).
 ONNX tools (spec has "path" and "warmup"): prequant.onnx (fold_all_batch_norms, equalize_model) |
@@ -86,14 +87,22 @@ def torch_step(tool: str, step: str):
         from prequant.torch.cross_layer_equalization import equalize_model
         if step == "prepare_model":
             return lambda m, x: (prepare_model(m), {})
+        if step == "prepare_model_shared":
+            return lambda m, x: (prepare_model(m, copy=False), {})
         if step == "fold_all_batch_norms":
             return lambda m, x: (None, {"folded": len(fold_all_batch_norms(m))})
 
-        def eq(m, x):
-            r = equalize_model(m)
-            return None, {"folded": len(r.fold.folded), "cls_sets": len(r.cls.sets),
-                          "cls_iterations": r.cls.iterations, "absorbed": len(r.high_bias.absorbed)}
-        return eq
+        def did(r):
+            return {"folded": len(r.fold.folded), "cls_sets": len(r.cls.sets),
+                    "cls_iterations": r.cls.iterations, "cls_converged": r.cls.converged,
+                    "absorbed": len(r.high_bias.absorbed)}
+
+        if step == "prepare_equalize":
+            def whole_path(m, x):
+                prepared = prepare_model(m)
+                return prepared, did(equalize_model(prepared, dummy_input=x))
+            return whole_path
+        return lambda m, x: (None, did(equalize_model(m)))
     if tool == "aimet":
         return aimet_step(step)
     if tool == "engine":
@@ -113,6 +122,12 @@ def aimet_step(step: str):
         return lambda m, x: (prepare_model(m), {})
     if step == "fold_all_batch_norms":
         return lambda m, x: (None, {"folded": len(fold_all_batch_norms(m, tuple(x.shape), dummy_input=x))})
+    if step == "prepare_equalize":
+        def whole_path(m, x):
+            prepared = prepare_model(m)
+            cle.equalize_model(prepared, dummy_input=x)
+            return prepared, {}
+        return whole_path
 
     # equalize_model itself, with its two inner calls wrapped to count what they did.
     seen: dict = {}

@@ -68,6 +68,10 @@ def fmt_s(s: float) -> str:
     return f"{s * 1e3:.3g} ms"
 
 
+STEP_NAMES = {"prepare_model_shared": "prepare_model(copy=False)",
+              "prepare_equalize": "**prepare_model + equalize_model(dummy_input)**"}
+
+
 def ratio(a: Cell, b: Cell) -> str:
     if a.seconds is None or b.seconds is None or b.seconds == 0:
         return "—"
@@ -80,7 +84,10 @@ def did(c: Cell) -> str:
     if "folded" in i:
         parts.append(f"{i['folded']} BN")
     if "cls_sets" in i:
-        parts.append(f"{i['cls_sets']} CLS sets" + (f" ({i['cls_iterations']} sweeps)" if "cls_iterations" in i else ""))
+        sweeps = f"{i['cls_iterations']} sweeps" if "cls_iterations" in i else ""
+        if "cls_converged" in i:
+            sweeps += ", converged" if i["cls_converged"] else ", NOT converged"
+        parts.append(f"{i['cls_sets']} CLS sets" + (f" ({sweeps})" if sweeps else ""))
     if i.get("absorbed"):
         parts.append(f"{i['absorbed']} absorbed")
     if i.get("bn_left"):
@@ -134,12 +141,13 @@ def render(meta: dict, records: list[dict]) -> str:
     torch_models = [m for m in meta["models"] if not m.startswith("chain")] + \
         [f"chain{max(meta['depths'])}"] * bool(meta["depths"])
     for model in torch_models:
-        for step in ("prepare_model", "fold_all_batch_norms", "equalize_model"):
+        for step in ("prepare_model", "prepare_model_shared", "fold_all_batch_norms", "equalize_model",
+                     "prepare_equalize"):
             p, a = cell("torch", model, "prequant", step), cell("torch", model, "aimet", step)
             if p.n == 0 and a.n == 0 and not (p.errors or a.errors):
                 continue
-            fx = cell("torch", model, "torch.fx", "symbolic_trace").time() if step == "prepare_model" else ""
-            out.append(f"| {model} | {step} | {p.time()} | {a.time()} | {ratio(a, p)} | {fx} | "
+            fx = cell("torch", model, "torch.fx", "symbolic_trace").time() if step.startswith("prepare_model") else ""
+            out.append(f"| {model} | {STEP_NAMES.get(step, step)} | {p.time()} | {a.time()} | {ratio(a, p)} | {fx} | "
                        f"{p.peak()} / {a.peak()} | {did(p)} | {did(a)} |")
     out += [
         "",
@@ -173,7 +181,8 @@ def render(meta: dict, records: list[dict]) -> str:
             "| tool, step | " + " | ".join(f"N={n}" for n in depths) + " | k |",
             "|---|" + "---:|" * (len(depths) + 1),
         ]
-        rows = [("prequant", "prepare_model"), ("aimet", "prepare_model"), ("torch.fx", "symbolic_trace"),
+        rows = [("prequant", "prepare_model"), ("prequant", "prepare_model_shared"), ("aimet", "prepare_model"),
+                ("torch.fx", "symbolic_trace"), ("prequant", "prepare_equalize"), ("aimet", "prepare_equalize"),
                 ("prequant", "fold_all_batch_norms"), ("aimet", "fold_all_batch_norms"),
                 ("prequant", "equalize_model"), ("aimet", "equalize_model"),
                 ("engine", "fold_all_batch_norms"), ("engine", "equalize_model"), ("copy", "copy_weights")]

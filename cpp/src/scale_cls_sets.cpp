@@ -13,7 +13,9 @@
 //   upper bound by the same s, which keeps the FP32 output exact.
 //   Overlapping sets (L1→L2, L2→L3) disturb each other; with max_iterations > 1 a set is scaled
 //   again while a neighbour sharing one of its layers moved by |ln s| ≥ `tolerance`, until no set
-//   moves or the iterations run out. Reported scales are the product over iterations.
+//   moves or the iterations run out. Reported scales are the product over iterations. With
+//   solve_chains, each sweep is followed by a depth-wise correction (solve_cls_chains.cpp), so
+//   the sweeps needed no longer grow with the length of a chain of sets; same fixed point.
 #include <algorithm>
 #include <cmath>
 #include <optional>
@@ -23,6 +25,7 @@
 #include "pass_util.h"
 #include "prequant/errors.h"
 #include "prequant/passes.h"
+#include "solve_cls_chains.h"
 
 namespace prequant {
 
@@ -106,6 +109,54 @@ void multiply_bounds(Graph& graph, const ClsLink& link, const std::vector<double
     if (n.kind != OpKind::Clip || n.clip_max_per_channel.empty()) continue;
     for (size_t c = 0; c < f.size(); ++c) n.clip_max_per_channel[c] *= f[c];
   }
+}
+
+// After a sweep: per link, the mean log mismatch of the ranges over channels both sides use;
+// solve_cls_chains turns the means into one uniform ln-scale per link, applied to those channels
+// (a zero-range channel keeps scale 1). Sets whose layers moved by ≥ tolerance sweep again.
+template <class Total, class OutRanges, class InRanges, class Multiply, class SetsOfLayer>
+auto make_chain_correction(const std::vector<PlannedSet>& sets, Total& total, const ClsOptions& options,
+                           OutRanges& out_ranges_of, InRanges& in_ranges_of, Multiply& multiply,
+                           SetsOfLayer& sets_of_layer, std::vector<bool>& dirty) {
+  std::vector<ClsLinkEnds> links;
+  std::vector<std::pair<size_t, size_t>> where;  // (set, pair)
+  for (size_t k = 0; k < sets.size(); ++k)
+    for (size_t p = 0; p + 1 < sets[k].layers.size(); ++p) {
+      links.push_back({sets[k].layers[p], sets[k].layers[p + 1]});
+      where.emplace_back(k, p);
+    }
+  return [=, &total, &options, &out_ranges_of, &in_ranges_of, &multiply, &sets_of_layer, &dirty]() {
+    if (links.size() < 2) return;
+    std::vector<double> residual(links.size(), 0.0);
+    std::vector<std::vector<double>> factor(links.size());
+    for (size_t l = 0; l < links.size(); ++l) {
+      const std::vector<double> out = out_ranges_of(links[l].producer);
+      const std::vector<double>& in = in_ranges_of(links[l].consumer);
+      double sum = 0.0;
+      size_t count = 0;
+      factor[l].assign(out.size(), 0.0);  // 0 marks a channel left alone
+      for (size_t c = 0; c < out.size(); ++c)
+        if (out[c] > 0 && in[c] > 0 && std::isfinite(out[c]) && std::isfinite(in[c])) {
+          sum += std::log(out[c] / in[c]);
+          ++count;
+          factor[l][c] = 1.0;
+        }
+      residual[l] = count ? sum / static_cast<double>(count) : 0.0;
+    }
+    const std::vector<double> delta = solve_cls_chains(links, residual);
+    for (size_t l = 0; l < delta.size(); ++l) {
+      if (!(std::abs(delta[l]) >= options.tolerance)) continue;  // also skips a NaN
+      const double s = std::clamp(std::exp(delta[l]), options.min_scale, options.max_scale);
+      std::vector<double>& f = factor[l];
+      for (double& v : f) v = v > 0 ? s : 1.0;
+      multiply(links[l].producer, true, f, true);
+      multiply(links[l].consumer, false, f, false);
+      auto& t = total[where[l].first][where[l].second];
+      for (size_t c = 0; c < f.size(); ++c) t[c] *= f[c];
+      for (size_t layer : {links[l].producer, links[l].consumer})
+        for (size_t k : sets_of_layer[layer]) dirty[k] = true;
+    }
+  };
 }
 
 }  // namespace
@@ -222,6 +273,8 @@ ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, con
     neighbours[a].erase(std::unique(neighbours[a].begin(), neighbours[a].end()), neighbours[a].end());
   }
   std::vector<bool> dirty(sets.size(), true);
+  const auto correct_chains = make_chain_correction(sets, total, options, out_ranges_of, in_ranges_of,
+                                                    multiply, sets_of_layer, dirty);
 
   const int iterations = std::max(1, options.max_iterations);
   for (int it = 0; it < iterations; ++it) {
@@ -267,6 +320,7 @@ ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, con
         for (size_t b : neighbours[k]) dirty[b] = true;
     }
     if (!any) break;
+    if (options.solve_chains && it + 1 < iterations) correct_chains();
     result.iterations = it + 1;
     result.last_max_log_scale = max_log;
   }

@@ -179,12 +179,15 @@ void bind_passes(nb::module_& m) {
   m.def(
       "scale_model",
       [](const PyGraph& g, const std::string& relu6, int max_iterations, double tolerance, double min_scale,
-         double max_scale) {
+         double max_scale, bool solve_chains) {
         ClsOptions o = cls_options(relu6, max_iterations, tolerance, min_scale, max_scale);
+        o.solve_chains = solve_chains;
         return run_without_gil(g, [&](Graph& graph) { return scale_model(graph, o); });
       },
       "graph"_a, "relu6"_a = "bound", "max_iterations"_a = kDefaultMaxIterations, "tolerance"_a = 1e-6, "min_scale"_a = 1e-6,
-      "max_scale"_a = 1e6, "Finds the CLS sets and scales them.");
+      "max_scale"_a = 1e6, "solve_chains"_a = true,
+      "Finds the CLS sets and scales them. solve_chains=False: plain Gauss-Seidel sweeps (the reference; "
+      "the sweeps needed then grow ~N² on an N-layer chain).");
 
   m.def(
       "absorb_high_bias",

@@ -715,13 +715,41 @@ class NotCopyable(nn.Module):
         return F.relu(self.conv(x)) * self.scale
 
 
-def test_model_that_cannot_be_copied_is_traced_directly_with_a_warning():
+def test_non_leaf_tensor_attribute_is_cloned_detached():
+    # deepcopy(model) refused this model; the prepared model now holds the attribute's value
     model = NotCopyable().eval()
-    with pytest.warns(UserWarning, match="could not copy the model"):
-        prepared = prepare_model(model)
-    assert prepared.conv is model.conv  # shared, as the warning says
-    assert "could not copy" in prepared.prequant_summary.notes[0]
-    assert not hasattr(model, "relu")
+    prepared = prepare_model(model)
+    assert prepared.conv is not model.conv
+    assert {t.data_ptr() for t in prepared.state_dict().values()}.isdisjoint(
+        {t.data_ptr() for t in model.state_dict().values()} | {model.scale.data_ptr()})
+    assert_same_output(model, prepared, torch.randn(1, 3, 4, 4))
+
+
+class _LeafWithLiveTensor(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.scale = torch.ones(4, 1, 1, requires_grad=True) * 2  # non-leaf: deepcopy refuses it
+
+    def forward(self, x):
+        return self.conv(x) * self.scale
+
+
+class _WithUncopyableLeaf(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.leaf = _LeafWithLiveTensor()
+
+    def forward(self, x):
+        return F.relu(self.leaf(x))
+
+
+def test_leaf_module_that_cannot_be_copied_is_shared_with_a_warning():
+    model = _WithUncopyableLeaf().eval()
+    with pytest.warns(UserWarning, match="could not copy module 'leaf'"):
+        prepared = prepare_model(model, module_classes_to_exclude=[_LeafWithLiveTensor])
+    assert prepared.leaf is model.leaf  # shared, as the warning says
+    assert any("could not copy" in n for n in prepared.prequant_summary.notes)
     assert_same_output(model, prepared, torch.randn(1, 3, 4, 4))
 
 

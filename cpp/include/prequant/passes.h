@@ -36,6 +36,9 @@ struct ClsOptions {
   double tolerance = 1e-6;     // stop when every |ln s| of an iteration is below this
   double min_scale = 1e-6;     // clamp for s
   double max_scale = 1e6;
+  // After each sweep, solve each chain of sets for a depth-wise correction (solve_cls_chains.cpp):
+  // the sweeps to converge stop growing with depth. false = plain Gauss-Seidel sweeps (reference).
+  bool solve_chains = true;
 };
 
 // The weight quantizer analytic bias correction assumes: the one the model will be quantized

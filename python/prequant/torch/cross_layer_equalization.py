@@ -16,7 +16,7 @@ parameters; this module translates the model, and applies the structural edits.
     CrossLayerScaling.create_cls_set_info_list(cls_sets, scale_factors, is_relu_activation_in_cls_sets)
     HighBiasFold.bias_fold(cls_set_info_list, bn_layers)
     replace_relu6_with_relu(model)
-    equalize_model(model, input_shapes=None, dummy_input=None, relu6="bound") -> EqualizeResult
+    equalize_model(model, input_shapes=None, dummy_input=None, relu6="bound", verify=False) -> EqualizeResult
 """
 
 from __future__ import annotations
@@ -231,7 +231,8 @@ def replace_relu6_with_relu(model: nn.Module) -> nn.Module:
 def equalize_model(model: nn.Module, input_shapes=None, dummy_input=None, *, relu6: str = "bound",
                    max_iterations: int = DEFAULT_MAX_ITERATIONS, absorb_high_bias: bool = False,
                    bias_correction: bool = False, bias_correction_bits: int = 8,
-                   bias_correction_per_channel: bool = False, bias_correction_symmetric: bool = True):
+                   bias_correction_per_channel: bool = False, bias_correction_symmetric: bool = True,
+                   verify: bool = False):
     """Fold batch norms, handle ReLU6, scale CLS sets (and, with ``absorb_high_bias=True``,
     absorb high bias: an approximation, off by default — docs/BENCHMARKS.md) — in place, in one
     atomic engine call. Returns the engine's EqualizeResult (``.explain()`` prints every
@@ -241,15 +242,28 @@ def equalize_model(model: nn.Module, input_shapes=None, dummy_input=None, *, rel
 
     A layer sharing its weight with another call is given its own copy if `model` is a
     GraphModule (as prepare_model does; undone if the engine fails), and is declined with a
-    reason otherwise. `dummy_input` (or `input_shapes`), when given, gives the rank of each input
-    (an nn.Linear pairs with a conv/BN only on 2-D tensors) and is used to check that the model
-    still runs.
+    reason otherwise.
+
+    ``input_shapes`` / ``dummy_input`` are accepted for AIMET compatibility; no forward pass runs
+    (torch.fx reads the graph and the engine the weights; AIMET needs one to trace, prequant does
+    not). Only the rank of each input is read from them: an nn.Linear pairs with a conv/BN only
+    on 2-D tensors.
+
+    ``verify=True`` checks the FP32 function: it runs the model on ``dummy_input`` (or zeros of
+    ``input_shapes``) before and after, and warns (``UserWarning``, with the output SQNR) if an
+    output became non-finite or moved by more than float rounding (below 60 dB SQNR) — a bug
+    where the result is meant to be exact (ReLU6 ``bound``/``skip``, no high-bias absorption, no
+    bias correction), the price of the approximation otherwise. It costs two forward passes.
 
     ``bias_correction=True`` adds analytic (data-free) bias correction, DFQ §4.2: each layer's
     bias loses (Q(W) − W)·E[x], with E[x] from the batch norm before it, for the weight quantizer
     given by ``bias_correction_bits`` / ``_per_channel`` / ``_symmetric`` (match the quantizer
     you will use). It changes the FP32 output on purpose (``result.bias_correction``). AIMET's
     ``aimet_torch.bias_correction.correct_bias`` is the data-driven counterpart."""
+    inputs = _verification_inputs(input_shapes, dummy_input) if verify else None
+    if verify:
+        with torch.no_grad():
+            before = model(*inputs)
     eg = build_engine_graph(model, unroll_shared=True, input_ranks=input_ranks_of(dummy_input, input_shapes))
     with eg.restored_on_error():
         result = _core.equalize_model(eg.graph, relu6=relu6, max_iterations=max_iterations,
@@ -259,13 +273,46 @@ def equalize_model(model: nn.Module, input_shapes=None, dummy_input=None, *, rel
                                       bias_correction_per_channel=bias_correction_per_channel,
                                       bias_correction_symmetric=bias_correction_symmetric)
     apply_equalize(eg, result)
-    if dummy_input is None and input_shapes is not None:
-        shapes = input_shapes if isinstance(input_shapes[0], (tuple, list)) else [input_shapes]
-        dummy_input = tuple(torch.zeros(*s) for s in shapes)
-    if dummy_input is not None:
+    if verify:
         with torch.no_grad():
-            model(*dummy_input) if isinstance(dummy_input, (tuple, list)) else model(dummy_input)
+            after = model(*inputs)
+        _check_function(before, after, exact=relu6 != "replace" and not absorb_high_bias and not bias_correction)
     return result
+
+
+def _verification_inputs(input_shapes, dummy_input) -> tuple:
+    if dummy_input is not None:
+        return tuple(dummy_input) if isinstance(dummy_input, (tuple, list)) else (dummy_input,)
+    if input_shapes is None:
+        raise _core.InvalidRequestError(
+            "equalize_model(verify=True) runs the model: pass dummy_input= or input_shapes=")
+    shapes = input_shapes if isinstance(input_shapes[0], (tuple, list)) else [input_shapes]
+    return tuple(torch.zeros(*s) for s in shapes)
+
+
+def _check_function(before, after, exact: bool) -> None:
+    """Warn if the outputs after equalization are non-finite or (when exact) differ."""
+    import math
+    import warnings
+
+    from torch.utils._pytree import tree_leaves as _tree_leaves
+
+    flat_b = [t for t in _tree_leaves(before) if isinstance(t, torch.Tensor)]
+    flat_a = [t for t in _tree_leaves(after) if isinstance(t, torch.Tensor)]
+    for k, (b, a) in enumerate(zip(flat_b, flat_a)):
+        if not torch.isfinite(a).all():
+            warnings.warn(f"equalize_model(verify=True): output {k} has non-finite values after "
+                          "equalization", UserWarning, stacklevel=3)
+            continue
+        b64, a64 = b.double(), a.double()
+        err, energy = float(((b64 - a64) ** 2).sum()), float((b64 ** 2).sum())
+        sqnr = math.inf if err == 0 else 10 * math.log10(max(energy, 1e-300) / err)
+        if sqnr < 60:
+            why = ("with relu6='bound'/'skip' and no high-bias absorption it should be unchanged up to "
+                   "float rounding" if exact else
+                   "expected: relu6='replace' and high-bias absorption change the FP32 function")
+            warnings.warn(f"equalize_model(verify=True): output {k} moved (SQNR {sqnr:.1f} dB against "
+                          f"the model before); {why}", UserWarning, stacklevel=3)
 
 
 def _node_name(eg: EngineGraph, module: nn.Module) -> str:

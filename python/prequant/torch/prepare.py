@@ -14,10 +14,7 @@ After (a ``torch.fx.GraphModule``)::
 
 so a quantizer sees every operation as its own module. Steps:
 
-1. Copy the model (``copy.deepcopy``) and symbolically trace the copy. The user's model
-   is never modified, and the prepared model shares no parameters or buffers with it.
-   (If the model cannot be deep-copied, the original is traced instead, with a warning:
-   then leaf modules and their parameters are shared with the original.)
+1. Symbolically trace the model (the user's model is never modified).
    ``modules_to_exclude`` / ``module_classes_to_exclude`` are leaves: not traced into.
 2. Unroll reused modules: every call of a module after the first gets a deep copy
    (``relu_1``, ``conv1_1``). Modules holding parameters or buffers are kept shared
@@ -28,6 +25,13 @@ so a quantizer sees every operation as its own module. Steps:
    Parameters a functional read (``F.conv2d(x, self.weight)``) move into the new
    module; a parameter read in several places is copied or shared like a reused module.
 4. Record all of it in ``prepared.prequant_summary`` (a ``PrepareSummary``).
+5. Take ownership (``copy=True``, the default): every module the prepared model took from
+   the original is replaced by a new module of the same class, and every parameter and
+   buffer is cloned once, straight into it. So the prepared model shares no module,
+   parameter or buffer with the original, and nothing is copied twice (a ``copy.deepcopy``
+   of the whole model first cost 2-4x the trace itself; cloning only the tensors the result
+   holds, once, is the least an independent model can cost). ``copy=False`` shares leaf
+   modules and tensors with the original, as AIMET's ``prepare_model`` does.
 
 The prepared model keeps the original's ``training`` flag. Everything here walks the
 graph as a list: no recursion on graph depth.
@@ -68,15 +72,16 @@ def prepare_model(
     module_classes_to_exclude: Optional[Sequence[type]] = None,
     concrete_args: Optional[dict[str, Any]] = None,
     unroll_shared_weights: bool = True,
+    copy: bool = True,
 ) -> fx.GraphModule:
     """Return a ``GraphModule`` computing the same outputs as ``model`` in which every
     functional / tensor method with a ``torch.nn`` (or ``prequant.torch.modules``)
     equivalent is a module and no module is called twice.
 
-    The result is built from a deep copy of ``model``: it shares no module, parameter or
-    buffer with it, so later in-place edits (batch-norm folding, equalization) leave
-    ``model`` alone. Only if ``model`` cannot be deep-copied is it traced directly (with
-    a warning); then the prepared model's leaf modules are the original's.
+    By default the result shares no module, parameter or buffer with ``model`` (each
+    tensor is cloned once, into the prepared model's own modules), so later in-place
+    edits (batch-norm folding, equalization) leave ``model`` alone. A leaf module whose
+    non-tensor attributes cannot be deep-copied stays shared (with a warning).
 
     Args:
         model: the model; not modified.
@@ -88,6 +93,13 @@ def prepare_model(
         unroll_shared_weights: give each call of a module holding parameters or
             buffers its own deep copy (default); if False such calls keep sharing it.
             Modules without parameters or buffers are always unrolled.
+        copy: give the prepared model its own modules and tensors (default). With
+            ``copy=False`` its leaf modules, parameters and buffers are the original's, as
+            with AIMET's ``prepare_model`` and ``torch.fx.symbolic_trace``: no second copy
+            of the weights in memory, but folding or equalizing the prepared model then
+            changes the original too. The default is the safe one: AIMET's own flow
+            (prepare, then fold and equalize in place) silently edits the user's original
+            model, which surprises anyone who compares the two afterwards.
 
     Raises:
         PrepareError: the model cannot be traced by torch.fx.
@@ -106,7 +118,7 @@ def prepare_model(
                      "traced on their training path and stay fixed in the prepared model. "
                      "Call model.eval() first to prepare for inference or post-training quantization.")
 
-    work, excluded_ids = _working_copy(model, excluded_modules, notes)
+    work, excluded_ids = model, {id(m) for m in excluded_modules}
     tracer = _PrepareTracer(excluded_ids, excluded_classes)
     graph = _trace(tracer, work, concrete_args, model)
     prepared = fx.GraphModule(tracer.root, graph, model_name)
@@ -118,6 +130,8 @@ def prepare_model(
     _note_excluded_subclasses(tracer.root, tracer.excluded_names, notes)
     _GraphRewriter(prepared, unroll_shared_weights, summary).run()
     prepared.graph.lint()
+    if copy:
+        _take_ownership(prepared, model, notes)
     prepared.recompile()
     prepared.prequant_summary = summary
     # GraphModule.__deepcopy__ rebuilds the module and keeps only attributes listed here.
@@ -155,17 +169,78 @@ def _check_excluded_modules(model: nn.Module, modules_to_exclude: Optional[Seque
     return requested
 
 
-def _working_copy(model: nn.Module, excluded: list, notes: list[str]) -> tuple[nn.Module, set[int]]:
-    """Deep copy of ``model`` and the ids of the copies of the excluded modules."""
+_IMMUTABLE = (int, float, complex, bool, str, bytes, type(None), type, range, frozenset,
+              torch.dtype, torch.device, torch.layout, torch.memory_format)
+
+
+def _is_immutable(value: Any) -> bool:
+    if isinstance(value, tuple):
+        return all(_is_immutable(v) for v in value)
+    return isinstance(value, _IMMUTABLE)
+
+
+def _copy_module_shell(module: nn.Module, memo: dict) -> nn.Module:
+    """A new module of the same class with the same attributes; child modules, parameters
+    and buffers are left to the caller (tensors cloned once, via ``memo``)."""
+    new = module.__class__.__new__(module.__class__)
+    state = {}
+    for key, value in module.__dict__.items():
+        if key in ("_parameters", "_buffers", "_modules"):
+            state[key] = value.copy()  # entries replaced by the caller
+        elif _is_immutable(value):
+            state[key] = value
+        elif isinstance(value, (dict, set, list)) and not value:
+            state[key] = value.copy()  # the many empty hook dicts: no deepcopy machinery
+        else:
+            state[key] = copy.deepcopy(value, memo)
+    new.__dict__.update(state)
+    return new
+
+
+def _take_ownership(prepared: fx.GraphModule, model: nn.Module, notes: list[str]) -> None:
+    """Replace every module ``prepared`` took from ``model`` by a shell copy, then clone every
+    parameter and buffer once. Walks the module tree with a stack: no recursion on depth."""
+    original = {id(m) for m in model.modules()}
     memo: dict[int, Any] = {}
+    stack: list[nn.Module] = [prepared]
+    while stack:
+        parent = stack.pop()
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
+            if id(child) in original:
+                copied = memo.get(id(child))
+                if copied is None:
+                    try:
+                        copied = _copy_module_shell(child, memo)
+                    except Exception as exc:  # e.g. a non-leaf tensor stored as an attribute
+                        _warn(notes, f"could not copy module '{name}' ({type(child).__name__}: "
+                                     f"{type(exc).__name__}: {exc}); the prepared model shares it "
+                                     "and its parameters with the original", stacklevel=4)
+                        continue
+                    memo[id(child)] = copied
+                    stack.append(copied)
+                parent._modules[name] = copied
+            else:
+                stack.append(child)
+    for module in prepared.modules():
+        if id(module) in original:
+            continue  # shared after a failed copy (warned above)
+        for table in (module._parameters, module._buffers):
+            for key, tensor in table.items():
+                if tensor is not None:
+                    table[key] = _clone_tensor(tensor, memo)
+
+
+def _clone_tensor(tensor: torch.Tensor, memo: dict) -> torch.Tensor:
+    """A clone (Parameter stays Parameter, requires_grad kept); one per original tensor."""
+    if id(tensor) in memo:
+        return memo[id(tensor)]
     try:
-        work = copy.deepcopy(model, memo)
-    except Exception as exc:  # e.g. non-leaf tensors stored as attributes
-        _warn(notes, f"could not copy the model ({type(exc).__name__}: {exc}); tracing the original, "
-                     "so the prepared model shares its leaf modules and parameters with it", stacklevel=4)
-        return model, {id(m) for m in excluded}
-    # deepcopy's memo maps id(original) -> copy
-    return work, {id(memo[id(m)]) for m in excluded}
+        return copy.deepcopy(tensor, memo)
+    except RuntimeError:  # a non-leaf tensor stored as an attribute: its value, detached
+        memo[id(tensor)] = clone = tensor.detach().clone()
+        return clone
 
 
 class _PrepareTracer(fx.Tracer):
