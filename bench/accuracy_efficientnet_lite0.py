@@ -67,6 +67,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_machine import cpu_name  # noqa: E402
+from prequant.demo._int8 import session_options  # noqa: E402
 from prequant.demo.efficientnet_lite import INPUT_MEAN, INPUT_STD, efficientnet_lite0  # noqa: E402
 
 import prequant  # noqa: E402
@@ -122,9 +123,7 @@ def export(model: nn.Module) -> bytes:
 
 
 def session(model_bytes: bytes) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = THREADS
-    so.inter_op_num_threads = 1
+    so = session_options(THREADS)  # QDQ executed as specified, CPU-independent (see its docstring)
     return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
 
 
