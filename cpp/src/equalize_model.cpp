@@ -2,9 +2,11 @@
 //
 // Before: a trained graph.
 // After:  shared weights unrolled; batch norms folded; ReLU6 handled by the policy; CLS sets
-//         scaled (iterated to convergence by default); high bias absorbed using the statistics
+//         scaled (iterated to convergence by default; with `regions`, equalization regions too,
+//         alternating with the chains); high bias absorbed using the statistics
 //         of the BNs folded after each layer, scaled by that layer's CLS scale.
 // If any step fails, the graph and every parameter are as they were before the call.
+#include "cls_region.h"
 #include "prequant/passes.h"
 #include "transaction.h"
 
@@ -16,7 +18,8 @@ EqualizeResult equalize_model(Graph& graph, const EqualizeOptions& options) {
   result.unroll = unroll_shared_weights(graph);
   if (options.fold) result.fold = fold_batch_norms(graph);
   if (options.cls.relu6 == Relu6Policy::Replace) result.activations = replace_relu6_with_relu(graph);
-  result.cls = scale_model(graph, options.cls);
+  result.cls = options.regions ? scale_model_with_regions(graph, options.cls, result.regions)
+                                : scale_model(graph, options.cls);
   if (options.absorb_high_bias) {
     std::unordered_map<std::string, FoldedBnStats> stats;
     for (const auto& pair : result.fold.folded)

@@ -87,7 +87,14 @@ std::optional<ClsLink> follow_to_next_layer(const Graph& graph, size_t layer, Re
       case OpKind::Identity:
       case OpKind::ZeroPad:
       case OpKind::Pool:
+      case OpKind::Resize:
         break;
+      case OpKind::Add:
+      case OpKind::Concat:
+      case OpKind::Split:
+        why = std::string(op_kind_name(n.kind)) + " '" + n.name + "' follows; a chain cannot scale "
+              "across it (equalization regions can: regions=True, --regions)";
+        return std::nullopt;
       case OpKind::BatchNorm:
         why = "batch norm '" + n.name + "' sits between; fold batch norms first";
         return std::nullopt;

@@ -2,7 +2,7 @@
 //
 //   prequant inspect  MODEL.onnx [--json] [--explain]
 //   prequant fold     MODEL.onnx -o OUT.onnx [--explain] [--json] [--overwrite]
-//   prequant equalize MODEL.onnx -o OUT.onnx [--relu6 replace|bound|skip] [--high-bias]
+//   prequant equalize MODEL.onnx -o OUT.onnx [--relu6 replace|bound|skip] [--high-bias] [--regions]
 //                     [--iterations N] [--explain] [--json] [--overwrite]
 //   prequant report   MODEL.onnx -o OUT_DIR [--relu6 ...] [--high-bias] [--iterations N]
 //                     [--before folded|original] [--bits B] [--max-layer-plots N] [--max-channels N]
@@ -47,6 +47,7 @@ struct Options {
   bool overwrite = false;
   std::string relu6 = "bound";
   bool high_bias = false;
+  bool regions = false;
   int iterations = 100;
   std::string before = "folded";  // report: the baseline
   int bits = 8;
@@ -178,6 +179,7 @@ prequant::EqualizeOptions equalize_options(const Options& o) {
   options.cls.relu6 = prequant::parse_relu6_policy(o.relu6);
   options.cls.max_iterations = o.iterations;
   options.absorb_high_bias = o.high_bias;
+  options.regions = o.regions;
   return options;
 }
 
@@ -201,7 +203,9 @@ int run_equalize(const Options& o) {
     for (const auto& a : r.high_bias.absorbed)
       moved += std::any_of(a.amount.begin(), a.amount.end(), [](double c) { return c != 0.0; });
     text << "prequant equalize: folded " << r.fold.folded.size() << " batch norm(s), scaled "
-         << r.cls.sets.size() << " CLS set(s) in " << r.cls.iterations << " iteration(s), moved high bias in "
+         << r.cls.sets.size() << " CLS set(s) in " << r.cls.iterations << " iteration(s)"
+         << (o.regions ? ", " + std::to_string(r.regions.regions.size()) + " region(s)" : std::string())
+         << ", moved high bias in "
          << moved << " pair(s)";
     if (!r.activations.edits.empty()) text << ", replaced " << r.activations.edits.size() << " ReLU6 with ReLU";
     if (bounded) text << ", bounded " << bounded << " ReLU6 per channel";
@@ -308,6 +312,9 @@ int main(int argc, char** argv) {
     sub->add_flag("--high-bias,!--no-high-bias", o.high_bias,
                   "Also absorb high bias (the 3σ rule; approximate, off by default as measured in "
                   "docs/BENCHMARKS.md)");
+    sub->add_flag("--regions,!--no-regions", o.regions,
+                  "Also equalize regions beyond chains: layers meeting in residual Adds, Concats, "
+                  "Splits and fan-out (off by default)");
     sub->add_option("--iterations", o.iterations,
                     "Maximum CLS iterations over overlapping sets (1 = one pass, as AIMET)")
         ->check(CLI::Range(1, 1000000));

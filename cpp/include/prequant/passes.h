@@ -35,6 +35,9 @@ struct ClsOptions {
 struct EqualizeOptions {
   ClsOptions cls{Relu6Policy::Bound, 100, 1e-6, 1e-6, 1e6};
   bool fold = true;
+  // Also scale equalization regions (residual Adds, Concats, fan-out) the chains decline,
+  // alternating region sweeps with the chain sweeps until neither moves (scale_cls_regions.cpp).
+  bool regions = false;
   // Off by default: high-bias absorption only approximates the function (the 3σ rule), and on
   // EfficientNet-Lite0 it did not improve INT8 accuracy (docs/BENCHMARKS.md). AIMET runs it.
   bool absorb_high_bias = false;
@@ -57,6 +60,13 @@ ClsCandidates find_cls_sets(const Graph& graph, Relu6Policy relu6 = Relu6Policy:
 ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& sets,
                          const ClsOptions& options = {});
 ClsResult scale_model(Graph& graph, const ClsOptions& options = {});
+
+// find_cls_regions.cpp / scale_cls_regions.cpp — regions beyond chains: sources meeting in one
+// tensor through Add / Concat / Split / fan-out / per-channel nodes, and the sinks reading it.
+// A region that is a plain chain (one source, one sink) is left to find_cls_sets.
+ClsRegionCandidates find_cls_regions(const Graph& graph, Relu6Policy relu6 = Relu6Policy::Bound);
+ClsRegionsResult scale_cls_regions(Graph& graph, const std::vector<ClsRegionSpec>& regions,
+                                   const ClsOptions& options = {});
 
 // absorb_high_bias.cpp — bn_stats maps layer name to the BN folded after it.
 HighBiasResult absorb_high_bias(Graph& graph, const std::vector<ClsSetResult>& sets,

@@ -13,11 +13,14 @@
 //   ClsResult       {"sets": [{"layers": [..], "pairs": [{"layer1", "layer2", "scale": [..],
 //                    "relu_between", "activations_between": [..]}]}], "declined",
 //                    "iterations", "last_max_log_scale"}
+//   ClsRegionCandidates {"regions": [{"sources": [..], "sinks": [..]}], "declined"}
+//   ClsRegionsResult {"regions": [{"sources", "sinks", "nodes", "scale": [..]}], "activation_edits",
+//                    "declined", "iterations", "last_max_log_scale", "converged"}
 //   HighBiasResult  {"absorbed": [{"layer1", "layer2", "amount": [..], "bias_added"}], "declined"}
 //   ActivationResult {"edits": [{"node", "kind": "replaced_with_relu"|"bounded_per_channel",
 //                     "upper_bound": [..]}], "declined"}
 //   UnrollResult    {"copies": [{"node", "original_name", "new_name"}]}
-//   EqualizeResult  {"unroll", "fold", "activations", "cls", "high_bias", "declined": [all]}
+//   EqualizeResult  {"unroll", "fold", "activations", "cls", "regions", "high_bias", "declined": [all]}
 #pragma once
 
 #include <string>
@@ -34,6 +37,8 @@ nlohmann::json to_json(const Declined& d);
 nlohmann::json to_json(const FoldResult& r);
 nlohmann::json to_json(const ClsCandidates& r);
 nlohmann::json to_json(const ClsResult& r);
+nlohmann::json to_json(const ClsRegionCandidates& r);
+nlohmann::json to_json(const ClsRegionsResult& r);
 nlohmann::json to_json(const HighBiasResult& r);
 nlohmann::json to_json(const ActivationResult& r);
 nlohmann::json to_json(const UnrollResult& r);
@@ -43,6 +48,8 @@ std::string explain(const Declined& d);
 std::string explain(const FoldResult& r);
 std::string explain(const ClsCandidates& r);
 std::string explain(const ClsResult& r);
+std::string explain(const ClsRegionCandidates& r);
+std::string explain(const ClsRegionsResult& r);
 std::string explain(const HighBiasResult& r);
 std::string explain(const ActivationResult& r);
 std::string explain(const UnrollResult& r);

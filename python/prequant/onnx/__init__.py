@@ -47,10 +47,11 @@ def fold_all_batch_norms(model: Any, base_dir=None):
 
 
 def equalize_model(model: Any, relu6: str = "bound", *, absorb_high_bias: bool = False,
-                   max_iterations: int = 100, base_dir=None):
-    """Unroll shared weights, fold batch norms, apply the ReLU6 policy, scale CLS sets (and, with
+                   max_iterations: int = 100, base_dir=None, regions: bool = False):
+    """Unroll shared weights, fold batch norms, apply the ReLU6 policy, scale CLS sets (with
+    ``regions=True`` also equalization regions: residual adds, concats, splits, fan-out; and, with
     ``absorb_high_bias=True``, absorb high bias); returns (new ModelProto, EqualizeResult)."""
     m = load(model, base_dir)
     result = _core.equalize_model(m.graph, relu6=relu6, max_iterations=max_iterations,
-                                  absorb_high_bias=absorb_high_bias)
+                                  absorb_high_bias=absorb_high_bias, regions=regions)
     return _to_proto(m), result

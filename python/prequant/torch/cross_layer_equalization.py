@@ -225,14 +225,16 @@ def replace_relu6_with_relu(model: nn.Module) -> nn.Module:
 
 
 def equalize_model(model: nn.Module, input_shapes=None, dummy_input=None, *, relu6: str = "bound",
-                   max_iterations: int = DEFAULT_MAX_ITERATIONS, absorb_high_bias: bool = False):
-    """Fold batch norms, handle ReLU6, scale CLS sets (and, with ``absorb_high_bias=True``,
+                   max_iterations: int = DEFAULT_MAX_ITERATIONS, absorb_high_bias: bool = False,
+                   regions: bool = False):
+    """Fold batch norms, handle ReLU6, scale CLS sets (with ``regions=True`` also equalization
+    regions: residual adds, concats, splits, fan-out; and, with ``absorb_high_bias=True``,
     absorb high bias: an approximation, off by default — docs/BENCHMARKS.md) — in place, in one
     atomic engine call. `dummy_input` (or `input_shapes`), when given, is used to check that the
     model still runs. Returns the engine's EqualizeResult (``.explain()`` prints every decision)."""
     eg = build_engine_graph(model)
     result = _core.equalize_model(eg.graph, relu6=relu6, max_iterations=max_iterations,
-                                  absorb_high_bias=absorb_high_bias)
+                                  absorb_high_bias=absorb_high_bias, regions=regions)
     apply_equalize(eg, result)
     if dummy_input is None and input_shapes is not None:
         shapes = input_shapes if isinstance(input_shapes[0], (tuple, list)) else [input_shapes]
