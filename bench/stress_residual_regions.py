@@ -19,7 +19,8 @@ import torch
 import torchvision
 from torch import nn
 
-from prequant.torch import equalize_model, fold_all_batch_norms
+from prequant.torch.batch_norm_fold import fold_all_batch_norms
+from prequant.torch.cross_layer_equalization import equalize_model
 
 
 def randomize_batch_norms(model: nn.Module, gen: torch.Generator) -> None:
