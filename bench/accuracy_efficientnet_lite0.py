@@ -3,7 +3,8 @@
     python bench/accuracy_efficientnet_lite0.py [--eval N] [--rows GROUPS] [--out FILE.md]
 
 --rows picks row groups (comma-separated; default all): base (FP32, naive INT8), prequant
-(fold and every equalize policy), reference (per-channel INT8), stress, aimet. A subset run
+(fold and every equalize policy), reference (per-channel INT8), stress, aimet, regions (chains
+only vs chains + equalization regions, per-tensor and per-channel INT8). A subset run
 writes bench/results/accuracy_efficientnet_lite0.<groups>.md, so the full table is not clobbered;
 the FP32 reference logits are always computed.
 
@@ -74,7 +75,7 @@ from prequant.torch.cross_layer_equalization import equalize_model  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = "/work/shared/data/imagenet-sample"
-ROW_GROUPS = ("base", "prequant", "reference", "stress", "aimet")
+ROW_GROUPS = ("base", "prequant", "reference", "stress", "aimet", "regions")
 AIMET_VARIANTS = (  # (aimet_equalize.py --variant, row label)
     ("torch", "AIMET (aimet-torch) equalize_model + INT8 per-tensor"),
     ("torch-relu", "AIMET (aimet-torch) equalize_model, ReLU6->ReLU by hand + INT8 per-tensor"),
@@ -297,6 +298,8 @@ def main():
         measure("per-channel INT8 reference (BN folded by exporter)", base, ref, "per-channel")
     if "stress" in groups:
         stress_rows(measure, ref, notes, x)
+    if "regions" in groups:
+        regions_rows(prepared, measure, ref, notes)
 
     total = time.time() - t_start
     write_report(args, rows, notes, total)
@@ -320,6 +323,22 @@ def prequant_rows(prepared, measure, ref, notes):
                              f"engine result: {str(res).splitlines()[0] if str(res) else type(res).__name__}")
             label = f"equalize relu6={policy}, CLS" + (" + high-bias absorption" if hba else " (no HBA)")
             measure(label + " + INT8 per-tensor", mb, ref, "per-tensor")
+
+
+def regions_rows(prepared, measure, ref, notes):
+    """Chains only vs chains + equalization regions (residual adds), per-tensor and per-channel."""
+    dummy = torch.zeros(1, 3, 224, 224)
+    for policy in ("bound", "skip"):
+        for regions in (False, True):
+            m = prepared()
+            res = equalize_model(m, dummy_input=dummy, relu6=policy, regions=regions)
+            mb = export(m)
+            label = f"equalize relu6={policy}, " + ("chains + regions" if regions else "chains only")
+            if regions:
+                notes.append(f"{label}: {len(res.regions.regions)} regions, {len(res.regions.declined)} declined, "
+                             f"{len(res.cls.sets)} sets, {len(res.cls.declined)} chain declines")
+            for quant in ("per-tensor", "per-channel"):
+                measure(f"{label} + INT8 {quant}", mb, ref, quant)
 
 
 def aimet_rows(aimet_python, measure, ref, notes):
