@@ -91,6 +91,14 @@ class Grower {
   bool assign(const std::string& t) {
     if (ids_.count(t)) return true;
     const auto it = counts_.find(t);
+    const auto p = g_.producer(t);
+    if ((it == counts_.end() || it->second < 0) && p && !is_channel_node(g_.nodes[*p].kind) &&
+        !g_.nodes[*p].is_layer()) {
+      const Node& n = g_.nodes[*p];
+      return fail("'" + t + "' is produced by " + label(n) + ", which is not known to be positively "
+                      "homogeneous per channel" + (n.opaque_reason.empty() ? "" : " (" + n.opaque_reason + ")"),
+                  n.name);
+    }
     if (it == counts_.end() || it->second < 0)
       return fail("the channel count of '" + t + "' is unknown (" + origin(t) +
                       "), so its channels cannot be matched across the region",

@@ -219,6 +219,10 @@ def _add_channel_node(g, node: torch.fx.Node, modules, splits: set) -> bool:
     if is_fn and target in _ADAPTIVE_POOL_FUNCTIONS and isinstance(node.args[0], torch.fx.Node):
         g.add_activation(name, "pool", [node.args[0].name], outputs, op_type=target.__name__)
         return True
+    if is_fn and getattr(target, "__name__", "") == "stochastic_depth" and _arg(node, 3, "training", True) is False \
+            and isinstance(node.args[0], torch.fx.Node):  # torchvision.ops: the identity in eval mode
+        g.add_activation(name, "identity", [node.args[0].name], outputs, op_type="stochastic_depth (eval)")
+        return True
     if is_fn and target in _INTERPOLATE and isinstance(node.args[0], torch.fx.Node):
         g.add_activation(name, "resize", [node.args[0].name], outputs, op_type="F.interpolate")
         return True
