@@ -89,3 +89,32 @@ def test_functional_forms_join_regions():
     regions = sorted((sorted(r.sources), sorted(r.sinks)) for r in result.regions.regions)
     assert regions == [(["c0"], ["ca", "cb"]), (["c1"], ["fc", "fc2"]), (["ca", "cb", "skip"], ["c1"])], \
         (regions, [d.reason for d in result.regions.declined])
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c0 = nn.Conv2d(3, 6, 3, padding=1)
+        self.ca = nn.Conv2d(6, 6, 3, padding=1)
+        self.c1 = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        s = self.c0(x)
+        s = s + self.ca(F.relu(s))
+        return self.c1(torch.cat([s, F.interpolate(s, scale_factor=1.0)], dim=1)).mean((2, 3))
+
+
+def test_prepare_model_modules_join_regions():
+    """prepare_model turns +, torch.cat, F.interpolate and .mean into modules; they still join regions."""
+    from prequant.torch import prepare_model
+
+    torch.manual_seed(2)
+    model = prepare_model(Residual().eval())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref = model(x)
+    result = equalize_model(model, regions=True)
+    with torch.no_grad():
+        assert rel_err(ref, model(x)) < 1e-5
+    regions = sorted((sorted(r.sources), sorted(r.sinks)) for r in result.regions.regions)
+    assert regions == [(["c0", "ca"], ["c1", "ca"])], (regions, [d.reason for d in result.regions.declined])

@@ -258,6 +258,31 @@ def _add_channel_node(g, node: torch.fx.Node, modules, splits: set) -> bool:
     return False
 
 
+def _add_prequant_channel_module(g, name, module, node, outputs) -> bool:
+    """prepare_model turns x + y, torch.cat, x.mean and F.interpolate into modules; map them as
+    _add_channel_node maps the functions."""
+    from prequant.torch import modules as pm
+
+    args = list(node.args)
+    if not args or not all(isinstance(a, torch.fx.Node) for a in args) or node.kwargs:
+        return False
+    names = [a.name for a in args]
+    if type(module) is pm.Add and module.alpha == 1 and len(args) == 2:
+        g.add_activation(name, "add", names, outputs, op_type="Add")
+    elif type(module) is pm.Concat and module.dim == 1:
+        g.add_activation(name, "concat", names, outputs, op_type="Concat")
+    elif type(module) is pm.Mean and len(args) == 1 and module.dtype is None:
+        dims = module.dim if isinstance(module.dim, tuple) else (module.dim,)
+        if not dims or not all(isinstance(d, int) and d >= 2 for d in dims):
+            return False
+        g.add_activation(name, "pool", names, outputs, op_type="Mean")
+    elif type(module) is pm.Interpolate and len(args) == 1:
+        g.add_activation(name, "resize", names, outputs, op_type="Interpolate")
+    else:
+        return False
+    return True
+
+
 def _add_module(g, name, module, node, inputs, outputs, calls, modules):
     type_name = type(module).__name__
     data_in = inputs[:1]
@@ -304,6 +329,8 @@ def _add_module(g, name, module, node, inputs, outputs, calls, modules):
         g.add_activation(name, "identity", data_in, outputs, op_type=type_name)
     elif isinstance(module, _POOL):
         g.add_activation(name, "pool", data_in, outputs, op_type=type_name)
+    elif _add_prequant_channel_module(g, name, module, node, outputs):
+        pass  # prepare_model's Add / Concat / Mean / Interpolate modules
     elif isinstance(module, nn.Upsample):
         g.add_activation(name, "resize", data_in, outputs, op_type=type_name)
     elif isinstance(module, nn.Flatten) and module.start_dim == 1 and module.end_dim == -1 and \
