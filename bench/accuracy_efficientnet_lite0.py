@@ -5,7 +5,8 @@
 --rows picks row groups (comma-separated; default all): base (FP32, naive INT8), prequant
 (fold and every equalize policy), reference (per-channel INT8), stress, aimet, biascorr
 (equalize relu6=bound with and without analytic bias correction, per-tensor and per-channel INT8;
-the bias correction assumes the weight quantizer the row then uses). A subset run
+the bias correction assumes the weight quantizer the row then uses), regions (chains
+only vs chains + equalization regions, per-tensor and per-channel INT8). A subset run
 writes bench/results/accuracy_efficientnet_lite0.<groups>.md, so the full table is not clobbered;
 the FP32 reference logits are always computed.
 
@@ -77,7 +78,7 @@ from prequant.torch.cross_layer_equalization import equalize_model  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = "/work/shared/data/imagenet-sample"
-ROW_GROUPS = ("base", "prequant", "reference", "stress", "aimet", "biascorr")
+ROW_GROUPS = ("base", "prequant", "reference", "stress", "aimet", "biascorr", "regions")
 AIMET_VARIANTS = (  # (aimet_equalize.py --variant, row label)
     ("torch", "AIMET (aimet-torch) equalize_model + INT8 per-tensor"),
     ("torch-relu", "AIMET (aimet-torch) equalize_model, ReLU6->ReLU by hand + INT8 per-tensor"),
@@ -300,6 +301,8 @@ def main():
         stress_rows(measure, ref, notes, x)
     if "biascorr" in groups:
         bias_correction_rows(prepared, measure, ref, notes)
+    if "regions" in groups:
+        regions_rows(prepared, measure, ref, notes)
 
     total = time.time() - t_start
     write_report(args, rows, notes, total)
@@ -341,6 +344,22 @@ def bias_correction_rows(prepared, measure, ref, notes):
                 notes.append(f"{label}: {len(bc.corrected)} layers corrected, {len(bc.declined)} declined "
                              f"({'; '.join(reasons)[:300]})")
             measure(f"{label} + INT8 {quant}", export(m), ref, quant)
+
+
+def regions_rows(prepared, measure, ref, notes):
+    """Chains only vs chains + equalization regions (residual adds), per-tensor and per-channel."""
+    dummy = torch.zeros(1, 3, 224, 224)
+    for policy in ("bound", "skip"):
+        for regions in (False, True):
+            m = prepared()
+            res = equalize_model(m, dummy_input=dummy, relu6=policy, regions=regions)
+            mb = export(m)
+            label = f"equalize relu6={policy}, " + ("chains + regions" if regions else "chains only")
+            if regions:
+                notes.append(f"{label}: {len(res.regions.regions)} regions, {len(res.regions.declined)} declined, "
+                             f"{len(res.cls.sets)} sets, {len(res.cls.declined)} chain declines")
+            for quant in ("per-tensor", "per-channel"):
+                measure(f"{label} + INT8 {quant}", mb, ref, quant)
 
 
 def aimet_rows(aimet_python, measure, ref, notes):

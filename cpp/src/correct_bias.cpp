@@ -277,7 +277,8 @@ BiasCorrectionResult correct_bias(Graph& graph, const std::unordered_map<std::st
 }
 
 std::unordered_map<std::string, FoldedBnStats> track_folded_bn_stats(const FoldResult& fold, const ClsResult& cls,
-                                                                      const HighBiasResult& high_bias) {
+                                                                      const HighBiasResult& high_bias,
+                                                                      const ClsRegionsResult& regions) {
   std::unordered_map<std::string, FoldedBnStats> stats;
   for (const auto& pair : fold.folded)
     if (pair.request.direction == FoldDirection::ConvThenBn) stats[pair.request.layer] = pair.bn_stats;
@@ -294,6 +295,22 @@ std::unordered_map<std::string, FoldedBnStats> track_folded_bn_stats(const FoldR
       for (size_t c = 0; c < pair.scale.size(); ++c) {
         s->second.gamma[c] /= pair.scale[c];
         s->second.beta[c] /= pair.scale[c];
+      }
+    }
+  // A region source's output channel c was divided by the region's s[c] when the source owns
+  // every region channel (Add, fan-out); a Concat source owns a slice the result does not record,
+  // so its statistics are dropped and the layers it feeds are declined.
+  for (const auto& region : regions.regions)
+    for (const auto& source : region.sources) {
+      const auto s = stats.find(source);
+      if (s == stats.end()) continue;
+      if (region.scale.size() != s->second.gamma.size()) {
+        stats.erase(s);
+        continue;
+      }
+      for (size_t c = 0; c < region.scale.size(); ++c) {
+        s->second.gamma[c] /= region.scale[c];
+        s->second.beta[c] /= region.scale[c];
       }
     }
   for (const auto& a : high_bias.absorbed) {

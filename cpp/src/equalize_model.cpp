@@ -3,11 +3,13 @@
 // Before: a trained graph.
 // After:  shared weights unrolled; batch norms folded; ReLU6 handled by the policy; CLS sets
 //         scaled (iterated to convergence by default; 'replace' turns into ReLU only the clips
-//         between scaled layers); high bias absorbed using the statistics
+//         between scaled layers; with `regions`, equalization regions too, alternating with the
+//         chains); high bias absorbed using the statistics
 //         of the BNs folded after each layer, scaled by that layer's CLS scale; optionally,
 //         analytic bias correction for the given weight quantizer, using those statistics carried
 //         through the CLS scales and the absorbed bias (correct_bias.cpp; changes the FP32 output).
 // If any step fails, the graph and every parameter are as they were before the call.
+#include "cls_region.h"
 #include "prequant/passes.h"
 #include "transaction.h"
 
@@ -19,10 +21,11 @@ EqualizeResult equalize_model(Graph& graph, const EqualizeOptions& options) {
   EqualizeResult result;
   result.unroll = unroll_shared_weights(graph);
   if (options.fold) result.fold = fold_batch_norms(graph);
-  // ReLU6 'replace' is applied by scale_cls_sets to the clips between the layers it scales
-  // (as aimet-onnx does), not to every clip: an output clamp or a ReLU6 in no scaled pair keeps
-  // its function.
-  result.cls = scale_model(graph, options.cls);
+  // ReLU6 'replace' is applied by scale_cls_sets (and scale_cls_regions) to the clips between
+  // the layers they scale (as aimet-onnx does), not to every clip: an output clamp or a ReLU6 in
+  // no scaled pair keeps its function.
+  result.cls = options.regions ? scale_model_with_regions(graph, options.cls, result.regions)
+                               : scale_model(graph, options.cls);
   if (options.absorb_high_bias) {
     std::unordered_map<std::string, FoldedBnStats> stats;
     for (const auto& pair : result.fold.folded)
@@ -31,7 +34,7 @@ EqualizeResult equalize_model(Graph& graph, const EqualizeOptions& options) {
   }
   if (options.bias_correction)
     result.bias_correction =
-        correct_bias(graph, track_folded_bn_stats(result.fold, result.cls, result.high_bias), options.bias_quantizer);
+        correct_bias(graph, track_folded_bn_stats(result.fold, result.cls, result.high_bias, result.regions), options.bias_quantizer);
   tx.commit();
   return result;
 }

@@ -64,6 +64,11 @@ std::optional<ClsLink> follow_to_next_layer(const Graph& graph, size_t layer, Re
             (n.opaque_reason.empty() ? "" : " (" + n.opaque_reason + ")");
       return std::nullopt;
     }
+    if (n.kind == OpKind::Add || n.kind == OpKind::Concat || n.kind == OpKind::Split) {
+      why = std::string(op_kind_name(n.kind)) + " '" + n.name + "' follows; a chain cannot scale "
+            "across it (equalization regions can: regions=True, --regions)";
+      return std::nullopt;
+    }
     if (n.inputs.empty() || n.inputs[0] != t) {
       why = "'" + n.name + "' reads the output of '" + from + "' as a parameter, not as its data input";
       return std::nullopt;
@@ -111,7 +116,12 @@ std::optional<ClsLink> follow_to_next_layer(const Graph& graph, size_t layer, Re
       case OpKind::Identity:
       case OpKind::ZeroPad:
       case OpKind::Pool:
+      case OpKind::Resize:
         break;
+      case OpKind::Add:
+      case OpKind::Concat:
+      case OpKind::Split:  // handled above
+        return std::nullopt;
       case OpKind::BatchNorm:
         why = "batch norm '" + n.name + "' sits between; fold batch norms first";
         return std::nullopt;

@@ -19,6 +19,10 @@ const char* op_kind_name(OpKind kind) {
     case OpKind::Identity: return "Identity";
     case OpKind::ZeroPad: return "ZeroPad";
     case OpKind::Pool: return "Pool";
+    case OpKind::Add: return "Add";
+    case OpKind::Concat: return "Concat";
+    case OpKind::Split: return "Split";
+    case OpKind::Resize: return "Resize";
     case OpKind::Opaque: return "Opaque";
   }
   return "?";
@@ -101,6 +105,33 @@ void check_vector(const Node& n, const TensorView& t, const char* role, int64_t 
                      n.name);
 }
 
+// Add: ≥ 2 inputs; Concat: ≥ 1; Resize: 1; all one output. Split: a valid range per output.
+void lint_channel_node(const Node& n) {
+  const auto fail = [&](const std::string& what) {
+    throw GraphError(std::string(op_kind_name(n.kind)) + " node '" + n.name + "' " + what, n.name);
+  };
+  switch (n.kind) {
+    case OpKind::Add:
+      if (n.inputs.size() < 2 || n.outputs.size() != 1) fail("needs two or more inputs and one output");
+      break;
+    case OpKind::Concat:
+      if (n.inputs.empty() || n.outputs.size() != 1) fail("needs one or more inputs and one output");
+      break;
+    case OpKind::Resize:
+      if (n.inputs.size() != 1 || n.outputs.size() != 1) fail("needs one data input and one output");
+      break;
+    case OpKind::Split:
+      if (n.inputs.size() != 1 || n.outputs.empty()) fail("needs one data input and one or more outputs");
+      if (n.slice_begin.size() != n.outputs.size() || n.slice_end.size() != n.outputs.size())
+        fail("needs one channel range (slice_begin, slice_end) per output");
+      for (size_t k = 0; k < n.outputs.size(); ++k)
+        if (n.slice_begin[k] < 0 || n.slice_end[k] <= n.slice_begin[k])
+          fail("has an empty or negative channel range for output '" + n.outputs[k] + "'");
+      break;
+    default: break;
+  }
+}
+
 }  // namespace
 
 void Graph::lint() const {
@@ -155,6 +186,7 @@ void Graph::lint() const {
     }
     if ((n.is_layer() || n.kind == OpKind::BatchNorm) && (n.inputs.empty() || n.outputs.empty()))
       throw GraphError("node '" + n.name + "' needs one data input and one output", n.name);
+    lint_channel_node(n);
   }
 }
 

@@ -15,8 +15,11 @@
 //   BatchNormalization (inference form), Relu, Clip (constant scalar bounds), LeakyRelu,
 //   PRelu (slope initializer, scalar or per channel), Identity, Pad (constant mode, value 0,
 //   constant pads, none on the batch or channel axis) -> ZeroPad,
-//   MaxPool / AveragePool / GlobalAveragePool / GlobalMaxPool -> Pool (has_padding: an
-//   AveragePool with count_include_pad = 1 and pads or auto_pad SAME_*).
+//   MaxPool / AveragePool / GlobalAveragePool / GlobalMaxPool, ReduceMean over spatial axes -> Pool
+//   (has_padding: an AveragePool with count_include_pad = 1 and pads or auto_pad SAME_*),
+//   Add / Sum of activations -> Add, Concat on axis 1 -> Concat, Split and Slice (step 1,
+//   constant non-negative starts) on axis 1 -> Split, Resize by constant scales of 1 on
+//   axes 0 and 1 -> Resize, Flatten(axis 1) of a rank-2 or globally pooled tensor -> Identity.
 // Channel axes: conv activations keep channels on axis 1, a MatMul on a rank > 2 tensor on the
 // last axis. The reader tracks which holds for each tensor and makes a node Opaque when the
 // two would meet (a BN after such a MatMul would normalize the wrong axis).
@@ -239,6 +242,10 @@ class Reader {
   std::string map_prelu(const pb::NodeProto& n, int idx, Node& node, Binding& b);
   std::string map_pad(const pb::NodeProto& n, int idx, Node& node, Binding& b);
   std::string map_pool(const pb::NodeProto& n, Node& node);
+  // Add/Sum, Concat, Split/Slice, ReduceMean, Resize, Flatten: the channel nodes of regions.
+  std::string map_channel_node(const pb::NodeProto& n, Node& node);
+  // Axis `a` (negative: from the end) of tensor x is its channel axis 1.
+  bool is_channel_axis(int64_t a, const std::string& x) const;
   std::string require_channels_on_axis1(const pb::NodeProto& n, const std::string& x) const;
   std::string not_stored(const std::string& what, const std::string& tensor) const;
   // The tensor an Identity chain starting at `name` copies (`name` itself if none).
@@ -799,6 +806,130 @@ std::string Reader::map_pool(const pb::NodeProto& n, Node& node) {
   return {};
 }
 
+bool Reader::is_channel_axis(int64_t a, const std::string& x) const {
+  const TensorInfo xi = info(x);
+  if (xi.axis == ChannelAxis::Last) return xi.rank == 2 && (a == 1 || a == -1);
+  if (a < 0 && xi.rank > 0) a += xi.rank;
+  return a == 1;
+}
+
+std::string Reader::map_channel_node(const pb::NodeProto& n, Node& node) {
+  const std::string& op = n.op_type();
+  for (int k = 0; k < (op == "Add" || op == "Sum" || op == "Concat" ? n.input_size() : 1); ++k)
+    if (n.input(k).empty() || is_initializer(n.input(k)))
+      return "its input '" + n.input(k) + "' is a constant, not an activation";
+  const std::string& x = n.input(0);
+  const TensorInfo xi = info(x);
+  auto keep_axis = [&](const std::string& out, int rank) {
+    info_[out] = {rank, xi.axis == ChannelAxis::Free ? ChannelAxis::Free
+                        : rank == 2 ? ChannelAxis::Both : xi.axis};
+  };
+  if (op == "Add" || op == "Sum") {
+    if (n.input_size() < 2 || n.output_size() != 1) return "it does not have two or more inputs and one output";
+    for (const auto& t : n.input())
+      if (info(t).axis != xi.axis && info(t).axis != ChannelAxis::Free && xi.axis != ChannelAxis::Free)
+        return "its inputs have their channels on different axes";
+    node.kind = OpKind::Add;
+    TensorInfo yi = xi;
+    for (const auto& t : n.input())
+      if (yi.axis == ChannelAxis::Free) yi = info(t);
+    info_[n.output(0)] = yi;
+    return {};
+  }
+  if (op == "Concat") {
+    if (n.output_size() != 1) return "it does not have one output";
+    if (!is_channel_axis(attr_int(n, "axis", 0), x)) return "it does not concatenate on the channel axis 1";
+    node.kind = OpKind::Concat;
+    keep_axis(n.output(0), xi.rank);
+    return {};
+  }
+  if (op == "Split" || op == "Slice") {
+    if (xi.axis == ChannelAxis::Last) return require_channels_on_axis1(n, x);
+    if (op == "Split") {
+      if (!is_channel_axis(attr_int(n, "axis", 0), x)) return "it does not split the channel axis 1";
+      if (n.input_size() < 2 || n.input(1).empty()) return "its split sizes are not given (num_outputs needs the channel count)";
+      const auto sizes = constant_values(n.input(1), "the split of '" + node.name + "'");
+      if (!sizes || sizes->size() != static_cast<size_t>(n.output_size())) return "its split sizes are not constants, one per output";
+      int64_t begin = 0;
+      for (double v : *sizes) {
+        if (!(v >= 1 && v <= 1e12)) return "its split sizes are not positive";
+        node.slice_begin.push_back(begin);
+        begin += static_cast<int64_t>(v);
+        node.slice_end.push_back(begin);
+      }
+    } else {
+      if (n.output_size() != 1 || n.input_size() < 3) return "it does not have the form (X, starts, ends[, axes, steps]) -> Y";
+      const auto starts = constant_values(n.input(1), "the starts of '" + node.name + "'");
+      const auto ends = constant_values(n.input(2), "the ends of '" + node.name + "'");
+      std::optional<std::vector<double>> axes = std::vector<double>{0.0};
+      if (n.input_size() > 3 && !n.input(3).empty()) axes = constant_values(n.input(3), "the axes of '" + node.name + "'");
+      std::optional<std::vector<double>> steps = std::vector<double>{1.0};
+      if (n.input_size() > 4 && !n.input(4).empty()) steps = constant_values(n.input(4), "the steps of '" + node.name + "'");
+      if (!starts || !ends || !axes || !steps) return "its starts, ends, axes or steps are not constants";
+      if (starts->size() != 1 || ends->size() != 1 || axes->size() != 1 || steps->size() != 1)
+        return "it slices more than one axis";
+      if (!(std::abs((*axes)[0]) <= 64) || !is_channel_axis(static_cast<int64_t>((*axes)[0]), x))
+        return "it does not slice the channel axis 1";
+      if ((*steps)[0] != 1.0) return "its step is not 1";
+      const double b = (*starts)[0], e = (*ends)[0];
+      if (!(b >= 0 && b < 1e12) || !(e > b)) return "its start or end is negative or empty (needs the channel count)";
+      node.slice_begin.push_back(static_cast<int64_t>(b));
+      node.slice_end.push_back(e >= 9e18 ? std::numeric_limits<int64_t>::max() : static_cast<int64_t>(e));
+    }
+    node.kind = OpKind::Split;
+    for (const auto& o : n.output()) keep_axis(o, xi.rank);
+    return {};
+  }
+  if (op == "ReduceMean") {
+    if (n.output_size() != 1) return "it does not have one output";
+    if (xi.axis == ChannelAxis::Last) return require_channels_on_axis1(n, x);
+    std::vector<int64_t> axes = attr_ints(n, "axes");
+    if (n.input_size() > 1 && !n.input(1).empty()) {
+      const auto a = constant_values(n.input(1), "the axes of '" + node.name + "'");
+      if (!a) return "its axes are not constants";
+      for (double v : *a) {
+        if (!(std::abs(v) <= 64)) return "its axes are not valid axis numbers";
+        axes.push_back(static_cast<int64_t>(v));
+      }
+    }
+    if (axes.empty()) return "it reduces every axis, the channels too";
+    for (int64_t& a : axes) {
+      if (a < 0 && xi.rank > 0) a += xi.rank;
+      if (a < 2) return "it reduces the batch or channel axis (or a negative axis of unknown rank)";
+    }
+    node.kind = OpKind::Pool;
+    const bool keep = attr_int(n, "keepdims", 1) != 0;
+    keep_axis(n.output(0), xi.rank < 0 ? -1 : keep ? xi.rank : xi.rank - static_cast<int>(axes.size()));
+    return {};
+  }
+  if (op == "Resize") {
+    if (n.output_size() != 1) return "it does not have one output";
+    if (xi.axis == ChannelAxis::Last) return require_channels_on_axis1(n, x);
+    if (attr_string(n, "coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize")
+      return "mode tf_crop_and_resize fills with an extrapolation value";
+    if (find_attr(n, "axes")) return "it has an axes attribute";
+    if (n.input_size() < 3 || n.input(2).empty()) return "it resizes to given sizes; only constant scales are understood";
+    const auto scales = constant_values(n.input(2), "the scales of '" + node.name + "'");
+    if (!scales || scales->size() < 2) return "its scales are not constants";
+    if ((*scales)[0] != 1.0 || (*scales)[1] != 1.0) return "it resizes the batch or channel axis";
+    node.kind = OpKind::Resize;
+    keep_axis(n.output(0), xi.rank);
+    return {};
+  }
+  if (op == "Flatten") {
+    if (n.output_size() != 1 || attr_int(n, "axis", 1) != 1) return "it does not flatten from axis 1";
+    const auto p = producer_.find(x);
+    const bool pooled = p != producer_.end() && default_domain(g_.node(p->second)) &&
+                        (g_.node(p->second).op_type() == "GlobalAveragePool" ||
+                         g_.node(p->second).op_type() == "GlobalMaxPool");
+    if (!pooled && xi.rank != 2) return "its input may have spatial axes (only a globally pooled input keeps its channels)";
+    node.kind = OpKind::Identity;
+    info_[n.output(0)] = {2, xi.axis == ChannelAxis::Free ? ChannelAxis::Free : ChannelAxis::Both};
+    return {};
+  }
+  return "not a channel node";
+}
+
 void Reader::run() {
   index_graph();
   find_matmul_add();
@@ -852,6 +983,9 @@ void Reader::run() {
     } else if (op == "MaxPool" || op == "AveragePool" || op == "GlobalAveragePool" ||
                op == "GlobalMaxPool") {
       why = map_pool(n, node);
+    } else if (op == "Add" || op == "Sum" || op == "Concat" || op == "Split" || op == "Slice" ||
+               op == "ReduceMean" || op == "Resize" || op == "Flatten") {
+      why = map_channel_node(n, node);
     }
     if (!why.empty() || node.kind == OpKind::Opaque) {
       // Undo a partial mapping: an opaque node holds no parameters.
@@ -875,7 +1009,8 @@ void Reader::run() {
     b.kind = node.kind;
     // Activation tensors: every non-initializer input (+ outer-scope reads of subgraphs).
     if (node.kind == OpKind::Opaque || node.kind == OpKind::Relu || node.kind == OpKind::Identity ||
-        node.kind == OpKind::LeakyRelu || node.kind == OpKind::Pool) {
+        node.kind == OpKind::LeakyRelu || node.kind == OpKind::Add || node.kind == OpKind::Concat ||
+        (node.kind == OpKind::Pool && op != "ReduceMean")) {
       for (int k = 0; k < n.input_size(); ++k)
         if (!n.input(k).empty() && !is_initializer(n.input(k))) {
           node.inputs.push_back(n.input(k));
@@ -898,8 +1033,8 @@ void Reader::run() {
         b.outputs.push_back({out_node, k, on.output(k)});
       }
     // Channel-axis bookkeeping for activations that pass channels through unchanged.
-    if (node.kind == OpKind::Relu || node.kind == OpKind::Identity || node.kind == OpKind::LeakyRelu ||
-        node.kind == OpKind::Clip || node.kind == OpKind::PRelu) {
+    if ((node.kind == OpKind::Relu || node.kind == OpKind::Identity || node.kind == OpKind::LeakyRelu ||
+         node.kind == OpKind::Clip || node.kind == OpKind::PRelu) && op != "Flatten") {
       const TensorInfo xi = info(x);
       TensorInfo& yi = info_[n.output(0)];
       if (yi.rank < 0) yi.rank = xi.rank;

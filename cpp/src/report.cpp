@@ -112,6 +112,28 @@ json to_json(const ClsResult& r) {
                                                                          : json(nullptr)}};
 }
 
+json to_json(const ClsRegionCandidates& r) {
+  json regions = json::array();
+  for (const auto& g : r.regions) regions.push_back({{"sources", g.sources}, {"sinks", g.sinks}});
+  return json{{"regions", regions}, {"declined", declined_list(r.declined)}};
+}
+
+json to_json(const ClsRegionsResult& r) {
+  json regions = json::array();
+  for (const auto& g : r.regions)
+    regions.push_back({{"sources", g.sources}, {"sinks", g.sinks}, {"nodes", g.nodes}, {"scale", numbers(g.scale)}});
+  json edits = json::array();
+  for (const auto& e : r.activation_edits)
+    edits.push_back({{"node", e.node}, {"kind", edit_kind_name(e.kind)}, {"upper_bound", numbers(e.upper_bound)}});
+  return json{{"regions", regions},
+              {"activation_edits", edits},
+              {"declined", declined_list(r.declined)},
+              {"iterations", r.iterations},
+              {"converged", r.converged},
+              {"last_max_log_scale", std::isfinite(r.last_max_log_scale) ? json(r.last_max_log_scale)
+                                                                         : json(nullptr)}};
+}
+
 json to_json(const HighBiasResult& r) {
   json absorbed = json::array();
   for (const auto& a : r.absorbed)
@@ -150,8 +172,8 @@ json to_json(const UnrollResult& r) {
 
 std::vector<Declined> all_declined(const EqualizeResult& r) {
   std::vector<Declined> all;
-  for (const auto* v : {&r.fold.declined, &r.activations.declined, &r.cls.declined, &r.high_bias.declined,
-                         &r.bias_correction.declined})
+  for (const auto* v : {&r.fold.declined, &r.activations.declined, &r.cls.declined, &r.regions.declined,
+                        &r.high_bias.declined, &r.bias_correction.declined})
     all.insert(all.end(), v->begin(), v->end());
   return all;
 }
@@ -161,6 +183,7 @@ json to_json(const EqualizeResult& r) {
               {"fold", to_json(r.fold)},
               {"activations", to_json(r.activations)},
               {"cls", to_json(r.cls)},
+              {"regions", to_json(r.regions)},
               {"high_bias", to_json(r.high_bias)},
               {"bias_correction", to_json(r.bias_correction)},
               {"declined", declined_list(all_declined(r))}};
@@ -220,6 +243,36 @@ std::string explain(const ClsResult& r) {
       out << ": scale " << spread(p.scale) << "\n";
     }
   }
+  explain_declined(out, r.declined);
+  return out.str();
+}
+
+std::string explain(const ClsRegionCandidates& r) {
+  std::ostringstream out;
+  out << "Equalization regions: " << plural(r.regions.size(), "region", "regions") << " found, "
+      << r.declined.size() << " declined\n";
+  for (const auto& g : r.regions)
+    out << "  region " << join(g.sources, ", ") << " ⇒ " << join(g.sinks, ", ") << "\n";
+  explain_declined(out, r.declined);
+  return out.str();
+}
+
+std::string explain(const ClsRegionsResult& r) {
+  std::ostringstream out;
+  out << "Equalization regions: " << plural(r.regions.size(), "region", "regions") << " scaled in "
+      << plural(static_cast<size_t>(r.iterations), "sweep", "sweeps")
+      << (r.converged ? std::string(", converged")
+                      : " (not converged: largest |ln s| in the last sweep " + num(r.last_max_log_scale) + ")")
+      << ", " << r.declined.size() << " declined\n";
+  for (const auto& g : r.regions) {
+    out << "  region: sources " << join(g.sources, ", ") << "; sinks " << join(g.sinks, ", ") << "\n";
+    if (!g.nodes.empty()) out << "    through " << join(g.nodes, ", ") << "\n";
+    out << "    scale " << spread(g.scale) << "\n";
+  }
+  for (const auto& e : r.activation_edits)
+    out << "  " << e.node
+        << (e.kind == ActivationEdit::Kind::ReplacedWithRelu ? ": replaced with ReLU\n"
+                                                             : ": clipped per channel (bound " + spread(e.upper_bound) + ")\n");
   explain_declined(out, r.declined);
   return out.str();
 }
@@ -293,6 +346,8 @@ std::string explain(const EqualizeResult& r) {
   if (!r.activations.edits.empty() || !r.activations.declined.empty()) out += explain(r.activations);
   // ReLU6 bounds set by CLS under the 'bound' policy show up in the scaled pairs.
   out += explain(r.cls);
+  if (!r.regions.regions.empty() || !r.regions.declined.empty() || r.regions.iterations > 0)
+    out += explain(r.regions);
   out += explain(r.high_bias);
   if (!r.bias_correction.corrected.empty() || !r.bias_correction.declined.empty()) out += explain(r.bias_correction);
   return out;

@@ -239,6 +239,56 @@ Tensor zero_pad_forward(const Tensor& x, const NodeAttrs& at) {
   return y;
 }
 
+// Channels of several (N, C_k, ...) tensors with equal other axes, one after another.
+Tensor concat_channels(const std::vector<const Tensor*>& parts, const std::string& node) {
+  const Geo g0 = geometry(*parts.at(0));
+  const int64_t inner = g0.s[0] * g0.s[1] * g0.s[2];
+  int64_t C = 0;
+  for (const Tensor* p : parts) {
+    const Geo g = geometry(*p);
+    if (g.n != g0.n || g.s[0] * g.s[1] * g.s[2] != inner || g.rank != g0.rank)
+      throw std::logic_error("concat '" + node + "': shape mismatch");
+    C += g.c;
+  }
+  Tensor y = make(g0.n, C, g0.s, g0.rank);
+  for (int64_t n = 0; n < g0.n; ++n) {
+    int64_t offset = 0;
+    for (const Tensor* p : parts) {
+      const int64_t c = p->shape[1];
+      for (int64_t i = 0; i < c * inner; ++i) y.data[(n * C + offset) * inner + i] = p->data[n * c * inner + i];
+      offset += c;
+    }
+  }
+  return y;
+}
+
+Tensor slice_channels(const Tensor& x, int64_t begin, int64_t end) {
+  const Geo g = geometry(x);
+  end = std::min(end, g.c);
+  const int64_t inner = g.s[0] * g.s[1] * g.s[2];
+  Tensor y = make(g.n, end - begin, g.s, g.rank);
+  for (int64_t n = 0; n < g.n; ++n)
+    for (int64_t i = 0; i < (end - begin) * inner; ++i)
+      y.data[n * (end - begin) * inner + i] = x.data[(n * g.c + begin) * inner + i];
+  return y;
+}
+
+// Nearest-neighbour upsampling by 2 on every spatial axis.
+Tensor upsample2_forward(const Tensor& x) {
+  const Geo in = geometry(x);
+  int64_t Y[3] = {1, 1, 1};
+  for (int d = 0; d < in.rank; ++d) Y[d] = in.s[d] * 2;
+  Tensor y = make(in.n, in.c, Y, in.rank);
+  for (int64_t n = 0; n < in.n; ++n)
+    for (int64_t c = 0; c < in.c; ++c)
+      for (int64_t a = 0; a < Y[0]; ++a)
+        for (int64_t b = 0; b < Y[1]; ++b)
+          for (int64_t d = 0; d < Y[2]; ++d)
+            y.data[at5(Y, in.c, n, c, a, b, d)] =
+                x.data[at5(in.s, in.c, n, c, in.rank > 0 ? a / 2 : a, in.rank > 1 ? b / 2 : b, in.rank > 2 ? d / 2 : d)];
+  return y;
+}
+
 Tensor pool_forward(const Tensor& x, const NodeAttrs& at) {
   const Geo in = geometry(x);
   if (at.pool_global) {
@@ -343,6 +393,25 @@ std::map<std::string, Tensor> RefModel::forward_all(const std::vector<Tensor>& i
       case OpKind::Identity: y = x; break;
       case OpKind::ZeroPad: y = zero_pad_forward(x, at); break;
       case OpKind::Pool: y = pool_forward(x, at); break;
+      case OpKind::Add:
+        y = x;
+        for (size_t k = 1; k < n.inputs.size(); ++k) {
+          const Tensor& z = get(k);
+          if (z.shape != y.shape) throw std::logic_error("add '" + n.name + "': shape mismatch");
+          for (size_t i = 0; i < y.data.size(); ++i) y.data[i] += z.data[i];
+        }
+        break;
+      case OpKind::Concat: {
+        std::vector<const Tensor*> parts;
+        for (size_t k = 0; k < n.inputs.size(); ++k) parts.push_back(&get(k));
+        y = concat_channels(parts, n.name);
+        break;
+      }
+      case OpKind::Split:
+        for (size_t k = 0; k < n.outputs.size(); ++k)
+          env[n.outputs[k]] = slice_channels(x, n.slice_begin.at(k), n.slice_end.at(k));
+        continue;
+      case OpKind::Resize: y = upsample2_forward(x); break;
       case OpKind::Opaque:
         if (at.opaque_fn == "add") {
           y = x;

@@ -419,6 +419,54 @@ std::string RefModel::global_avg_pool(const std::string& name, const std::string
   return out_name(name);
 }
 
+std::string RefModel::add(const std::string& name, const std::vector<std::string>& xs) {
+  Node n;
+  n.name = name;
+  n.kind = OpKind::Add;
+  n.op_type = "Add";
+  n.inputs = xs;
+  n.outputs = {out_name(name)};
+  attrs[name] = {};
+  graph.add(std::move(n));
+  return out_name(name);
+}
+
+std::string RefModel::concat(const std::string& name, const std::vector<std::string>& xs) {
+  Node n;
+  n.name = name;
+  n.kind = OpKind::Concat;
+  n.op_type = "Concat";
+  n.inputs = xs;
+  n.outputs = {out_name(name)};
+  attrs[name] = {};
+  graph.add(std::move(n));
+  return out_name(name);
+}
+
+std::vector<std::string> RefModel::split(const std::string& name, const std::string& x,
+                                         const std::vector<std::pair<int64_t, int64_t>>& ranges) {
+  Node n;
+  n.name = name;
+  n.kind = OpKind::Split;
+  n.op_type = "Split";
+  n.inputs = {x};
+  for (size_t k = 0; k < ranges.size(); ++k) {
+    n.outputs.push_back(name + ":out" + std::to_string(k));
+    n.slice_begin.push_back(ranges[k].first);
+    n.slice_end.push_back(ranges[k].second);
+  }
+  auto outs = n.outputs;
+  attrs[name] = {};
+  graph.add(std::move(n));
+  return outs;
+}
+
+std::string RefModel::resize(const std::string& name, const std::string& x) {
+  attrs[name] = {};
+  graph.add(simple(name, OpKind::Resize, "Resize", x));
+  return out_name(name);
+}
+
 std::string RefModel::opaque(const std::string& name, const std::vector<std::string>& xs,
                              const std::string& fn) {
   Node n;

@@ -163,6 +163,13 @@ class RefModel {
   std::string global_avg_pool(const std::string& name, const std::string& x);
   std::string opaque(const std::string& name, const std::vector<std::string>& xs,
                      const std::string& fn = "tanh");
+  // Channel nodes (equalization regions). split returns one tensor per [begin, end) range;
+  // resize is nearest-neighbour ×2 on every spatial axis.
+  std::string add(const std::string& name, const std::vector<std::string>& xs);
+  std::string concat(const std::string& name, const std::vector<std::string>& xs);
+  std::vector<std::string> split(const std::string& name, const std::string& x,
+                                 const std::vector<std::pair<int64_t, int64_t>>& ranges);
+  std::string resize(const std::string& name, const std::string& x);
 
   prequant::Node& node(const std::string& name) { return graph.at(name); }
   const NodeAttrs& attr(const std::string& name) const { return attrs.at(name); }

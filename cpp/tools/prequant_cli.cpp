@@ -2,7 +2,7 @@
 //
 //   prequant inspect  MODEL.onnx [--json] [--explain]
 //   prequant fold     MODEL.onnx -o OUT.onnx [--explain] [--json] [--overwrite]
-//   prequant equalize MODEL.onnx -o OUT.onnx [--relu6 replace|bound|skip] [--high-bias]
+//   prequant equalize MODEL.onnx -o OUT.onnx [--relu6 replace|bound|skip] [--high-bias] [--regions]
 //                     [--iterations N] [--explain] [--json] [--overwrite]
 //   prequant report   MODEL.onnx -o OUT_DIR [--relu6 ...] [--high-bias] [--iterations N]
 //                     [--before folded|original] [--bits B] [--max-layer-plots N] [--max-channels N]
@@ -51,6 +51,7 @@ struct Options {
   int bias_correction_bits = 8;
   bool bias_correction_per_channel = false;
   bool bias_correction_asymmetric = false;
+  bool regions = false;
   int iterations = prequant::kDefaultMaxIterations;
   std::string before = "folded";  // report: the baseline
   int bits = 8;
@@ -184,6 +185,7 @@ prequant::EqualizeOptions equalize_options(const Options& o) {
   options.bias_quantizer.bits = o.bias_correction_bits;
   options.bias_quantizer.per_channel = o.bias_correction_per_channel;
   options.bias_quantizer.symmetric = !o.bias_correction_asymmetric;
+  options.regions = o.regions;
   return options;
 }
 
@@ -208,7 +210,9 @@ int run_equalize(const Options& o) {
     for (const auto& a : r.high_bias.absorbed)
       moved += std::any_of(a.amount.begin(), a.amount.end(), [](double c) { return c != 0.0; });
     text << "prequant equalize: folded " << r.fold.folded.size() << " batch norm(s), scaled "
-         << r.cls.sets.size() << " CLS set(s) in " << r.cls.iterations << " iteration(s), moved high bias in "
+         << r.cls.sets.size() << " CLS set(s) in " << r.cls.iterations << " iteration(s)"
+         << (o.regions ? ", " + std::to_string(r.regions.regions.size()) + " region(s)" : std::string())
+         << ", moved high bias in "
          << moved << " pair(s)";
     if (!r.activations.edits.empty()) text << ", replaced " << r.activations.edits.size() << " ReLU6 with ReLU";
     if (bounded) text << ", bounded " << bounded << " ReLU6 per channel";
@@ -329,6 +333,9 @@ int main(int argc, char** argv) {
     sub->add_flag("--high-bias,!--no-high-bias", o.high_bias,
                   "Also absorb high bias (the 3σ rule; approximate, off by default as measured in "
                   "docs/BENCHMARKS.md)");
+    sub->add_flag("--regions,!--no-regions", o.regions,
+                  "Also equalize regions beyond chains: layers meeting in residual Adds, Concats, "
+                  "Splits and fan-out (off by default)");
     sub->add_option("--iterations", o.iterations,
                     "Maximum CLS iterations over overlapping sets (1 = one pass, as AIMET)")
         ->check(CLI::Range(1, 1000000));

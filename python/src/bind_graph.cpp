@@ -163,6 +163,10 @@ const char* kind_text(OpKind k) {
     case OpKind::Identity: return "identity";
     case OpKind::ZeroPad: return "zero_pad";
     case OpKind::Pool: return "pool";
+    case OpKind::Add: return "add";
+    case OpKind::Concat: return "concat";
+    case OpKind::Split: return "split";
+    case OpKind::Resize: return "resize";
     case OpKind::Opaque: return "opaque";
   }
   return "opaque";
@@ -254,11 +258,12 @@ OpKind activation_kind(const std::string& kind, const std::string& node) {
   static const std::pair<const char*, OpKind> kinds[] = {
       {"relu", OpKind::Relu},         {"clip", OpKind::Clip},         {"relu6", OpKind::Clip},
       {"leaky_relu", OpKind::LeakyRelu}, {"prelu", OpKind::PRelu},    {"identity", OpKind::Identity},
-      {"zero_pad", OpKind::ZeroPad},  {"pool", OpKind::Pool},         {"opaque", OpKind::Opaque}};
+      {"zero_pad", OpKind::ZeroPad},  {"pool", OpKind::Pool},         {"opaque", OpKind::Opaque},
+      {"add", OpKind::Add},           {"concat", OpKind::Concat},     {"resize", OpKind::Resize}};
   for (const auto& [text, k] : kinds)
     if (kind == text) return k;
   throw InvalidRequestError("Unknown activation kind '" + kind + "' for '" + node +
-                            "'; use relu, clip, leaky_relu, prelu, identity, zero_pad, pool or opaque.",
+                            "'; use relu, clip, leaky_relu, prelu, identity, zero_pad, pool, add, concat, resize or opaque.",
                             node);
 }
 
@@ -307,7 +312,7 @@ void bind_graph(nb::module_& m) {
   nb::class_<NodeInfo>(m, "NodeInfo", "A read-only snapshot of one graph node.")
       .def_ro("name", &NodeInfo::name)
       .def_ro("kind", &NodeInfo::kind, "conv, linear, batch_norm, relu, clip, leaky_relu, prelu, "
-                                       "identity, zero_pad, pool or opaque")
+                                       "identity, zero_pad, pool, add, concat, split, resize or opaque")
       .def_ro("op_type", &NodeInfo::op_type)
       .def_ro("inputs", &NodeInfo::inputs)
       .def_ro("outputs", &NodeInfo::outputs)
@@ -439,6 +444,24 @@ void bind_graph(nb::module_& m) {
           "(clip_max_per_channel), as a ReLU6 bounded by an earlier scaling does. A pool has "
           "`has_padding=True` when padded zeros enter its output (an average pool counting its padding, "
           "or one with a divisor override); max-pool padding (-inf) does not.")
+      .def(
+          "add_split",
+          [](PyGraph& self, const std::string& name, nb::handle inputs, nb::handle outputs,
+             const std::vector<int64_t>& slice_begin, const std::vector<int64_t>& slice_end,
+             const std::string& op_type) {
+            Node node;
+            node.name = name;
+            node.kind = OpKind::Split;
+            node.op_type = op_type;
+            node.inputs = names_of(inputs, "inputs");
+            node.outputs = names_of(outputs, "outputs");
+            node.slice_begin = slice_begin;
+            node.slice_end = slice_end;
+            add_node(self, std::move(node), {});
+          },
+          "name"_a, "inputs"_a, "outputs"_a, "slice_begin"_a, "slice_end"_a, "op_type"_a = "",
+          "Adds a channel split: output k is channels [slice_begin[k], min(slice_end[k], C)) of the "
+          "input (Split, Slice, chunk on the channel axis; a large end means 'to the end').")
       .def(
           "add_opaque",
           [](PyGraph& self, const std::string& name, const std::string& op_type, nb::handle inputs,

@@ -190,6 +190,39 @@ void bind_passes(nb::module_& m) {
       "the sweeps needed then grow ~N² on an N-layer chain).");
 
   m.def(
+      "find_cls_regions",
+      [](const PyGraph& g, const std::string& relu6) {
+        Relu6Policy policy = parse_relu6_policy(relu6);
+        return run_without_gil(g, [&](Graph& graph) { return find_cls_regions(graph, policy); });
+      },
+      "graph"_a, "relu6"_a = "bound",
+      "The equalization regions beyond chains (residual Adds, Concats, Splits, fan-out) and the regions "
+      "declined, each with the node that stops it.");
+
+  m.def(
+      "scale_cls_regions",
+      [](const PyGraph& g, nb::handle regions, const std::string& relu6, int max_iterations, double tolerance,
+         double min_scale, double max_scale) {
+        std::vector<ClsRegionSpec> specs;
+        if (nb::isinstance<ClsRegionCandidates>(regions)) {
+          specs = nb::cast<const ClsRegionCandidates&>(regions).regions;
+        } else {
+          for (nb::handle item : items_of(regions, "regions")) {
+            if (!nb::isinstance<ClsRegionSpec>(item))
+              throw InvalidRequestError("regions must be ClsRegionCandidates or a list of ClsRegionSpec, got " +
+                                        python_type_name(item));
+            specs.push_back(nb::cast<ClsRegionSpec>(item));
+          }
+        }
+        ClsOptions o = cls_options(relu6, max_iterations, tolerance, min_scale, max_scale);
+        return run_without_gil(g, [&](Graph& graph) { return scale_cls_regions(graph, specs, o); });
+      },
+      "graph"_a, "regions"_a, "relu6"_a = "bound", "max_iterations"_a = 1, "tolerance"_a = 1e-6,
+      "min_scale"_a = 1e-6, "max_scale"_a = 1e6,
+      "Scales the given regions (ClsRegionCandidates or [ClsRegionSpec]): per region channel, the largest "
+      "source range is balanced against the largest sink range.");
+
+  m.def(
       "absorb_high_bias",
       [](const PyGraph& g, nb::handle cls_sets, nb::handle bn_stats, double sigmas) {
         auto sets = cls_results_of(cls_sets);
@@ -216,8 +249,9 @@ void bind_passes(nb::module_& m) {
       "equalize_model",
       [](const PyGraph& g, const std::string& relu6, int max_iterations, double tolerance, double min_scale,
          double max_scale, bool fold, bool absorb, double sigmas, bool bias_correction, int bits, bool per_channel,
-         bool symmetric) {
+         bool symmetric, bool regions) {
         EqualizeOptions o;
+        o.regions = regions;
         o.cls = cls_options(relu6, max_iterations, tolerance, min_scale, max_scale);
         o.fold = fold;
         o.absorb_high_bias = absorb;
@@ -229,8 +263,9 @@ void bind_passes(nb::module_& m) {
       "graph"_a, "relu6"_a = "bound", "max_iterations"_a = kDefaultMaxIterations, "tolerance"_a = 1e-6, "min_scale"_a = 1e-6,
       "max_scale"_a = 1e6, "fold"_a = true, "absorb_high_bias"_a = false, "high_bias_sigmas"_a = 3.0,
       "bias_correction"_a = false, "bias_correction_bits"_a = 8, "bias_correction_per_channel"_a = false,
-      "bias_correction_symmetric"_a = true,
-      "Unroll, fold, ReLU6 policy, cross-layer scaling, high-bias absorption and (optionally) analytic bias "
+      "bias_correction_symmetric"_a = true, "regions"_a = false,
+      "Unroll, fold, ReLU6 policy, cross-layer scaling (with regions=True also equalization regions: "
+      "residual Adds, Concats, fan-out), high-bias absorption and (optionally) analytic bias "
       "correction for the given weight quantizer, in one call.");
 }
 

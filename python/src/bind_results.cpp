@@ -150,6 +150,40 @@ nb::dict to_dict(const ClsResult& r) {
   return o;
 }
 
+nb::dict to_dict(const ClsRegionSpec& s) {
+  nb::dict o;
+  o["sources"] = strings_of(s.sources);
+  o["sinks"] = strings_of(s.sinks);
+  return o;
+}
+
+nb::dict to_dict(const ClsRegionCandidates& c) {
+  nb::dict o;
+  o["regions"] = dicts_of(c.regions);
+  o["declined"] = dicts_of(c.declined);
+  return o;
+}
+
+nb::dict to_dict(const ClsRegionResult& r) {
+  nb::dict o;
+  o["sources"] = strings_of(r.sources);
+  o["sinks"] = strings_of(r.sinks);
+  o["nodes"] = strings_of(r.nodes);
+  o["scale"] = floats_of(r.scale);
+  return o;
+}
+
+nb::dict to_dict(const ClsRegionsResult& r) {
+  nb::dict o;
+  o["regions"] = dicts_of(r.regions);
+  o["activation_edits"] = dicts_of(r.activation_edits);
+  o["declined"] = dicts_of(r.declined);
+  o["iterations"] = r.iterations;
+  o["last_max_log_scale"] = r.last_max_log_scale;
+  o["converged"] = r.converged;
+  return o;
+}
+
 nb::dict to_dict(const BiasAbsorption& a) {
   nb::dict o;
   o["layer1"] = a.layer1;
@@ -219,11 +253,12 @@ nb::dict to_dict(const EqualizeResult& r) {
   o["fold"] = to_dict(r.fold);
   o["activations"] = to_dict(r.activations);
   o["cls"] = to_dict(r.cls);
+  o["regions"] = to_dict(r.regions);
   o["high_bias"] = to_dict(r.high_bias);
   o["bias_correction"] = to_dict(r.bias_correction);
   std::vector<Declined> all;
-  for (const auto* v : {&r.fold.declined, &r.activations.declined, &r.cls.declined, &r.high_bias.declined,
-                        &r.bias_correction.declined})
+  for (const auto* v : {&r.fold.declined, &r.activations.declined, &r.cls.declined, &r.regions.declined,
+                        &r.high_bias.declined, &r.bias_correction.declined})
     all.insert(all.end(), v->begin(), v->end());
   o["declined"] = dicts_of(all);
   return o;
@@ -378,6 +413,56 @@ void bind_results(nb::module_& m) {
       });
   add_report<ClsResult>(cls_result);
 
+  auto region_spec = nb::class_<ClsRegionSpec>(m, "ClsRegionSpec",
+                                                "An equalization region: source layers and the sink layers reading them.");
+  region_spec
+      .def("__init__",
+           [](ClsRegionSpec* self, std::vector<std::string> sources, std::vector<std::string> sinks) {
+             new (self) ClsRegionSpec{std::move(sources), std::move(sinks)};
+           },
+           "sources"_a, "sinks"_a)
+      .def_ro("sources", &ClsRegionSpec::sources)
+      .def_ro("sinks", &ClsRegionSpec::sinks)
+      .def("__repr__", [](const ClsRegionSpec& s) {
+        return "ClsRegionSpec(sources=" + std::to_string(s.sources.size()) + ", sinks=" + std::to_string(s.sinks.size()) + ")";
+      });
+  add_report<ClsRegionSpec>(region_spec);
+
+  auto region_candidates = nb::class_<ClsRegionCandidates>(m, "ClsRegionCandidates",
+                                                           "Equalization regions found, and regions declined.");
+  region_candidates.def_prop_ro("regions", [](const ClsRegionCandidates& c) { return list_of(c.regions); })
+      .def_prop_ro("declined", [](const ClsRegionCandidates& c) { return list_of(c.declined); })
+      .def("__repr__", [](const ClsRegionCandidates& c) {
+        return "ClsRegionCandidates(regions=" + std::to_string(c.regions.size()) +
+               ", declined=" + std::to_string(c.declined.size()) + ")";
+      });
+  add_report<ClsRegionCandidates>(region_candidates);
+
+  auto region_result = nb::class_<ClsRegionResult>(m, "ClsRegionResult",
+                                                   "A scaled region; scale[j] per region channel, cumulative.");
+  region_result.def_ro("sources", &ClsRegionResult::sources)
+      .def_ro("sinks", &ClsRegionResult::sinks)
+      .def_ro("nodes", &ClsRegionResult::nodes, "the channel nodes joining sources and sinks")
+      .def_prop_ro("scale", [](const ClsRegionResult& r) { return numpy_of(r.scale); })
+      .def("__repr__", [](const ClsRegionResult& r) {
+        return "ClsRegionResult(sources=" + std::to_string(r.sources.size()) + ", sinks=" + std::to_string(r.sinks.size()) +
+               ", channels=" + std::to_string(r.scale.size()) + ")";
+      });
+  add_report<ClsRegionResult>(region_result);
+
+  auto regions_result = nb::class_<ClsRegionsResult>(m, "ClsRegionsResult", "What region scaling did.");
+  regions_result.def_prop_ro("regions", [](const ClsRegionsResult& r) { return list_of(r.regions); })
+      .def_prop_ro("activation_edits", [](const ClsRegionsResult& r) { return list_of(r.activation_edits); })
+      .def_prop_ro("declined", [](const ClsRegionsResult& r) { return list_of(r.declined); })
+      .def_ro("iterations", &ClsRegionsResult::iterations)
+      .def_ro("converged", &ClsRegionsResult::converged)
+      .def_ro("last_max_log_scale", &ClsRegionsResult::last_max_log_scale)
+      .def("__repr__", [](const ClsRegionsResult& r) {
+        return "ClsRegionsResult(regions=" + std::to_string(r.regions.size()) +
+               ", declined=" + std::to_string(r.declined.size()) + ")";
+      });
+  add_report<ClsRegionsResult>(regions_result);
+
   auto absorption = nb::class_<BiasAbsorption>(m, "BiasAbsorption", "Bias moved from layer1 to layer2.");
   absorption.def_ro("layer1", &BiasAbsorption::layer1)
       .def_ro("layer2", &BiasAbsorption::layer2)
@@ -466,6 +551,8 @@ void bind_results(nb::module_& m) {
       .def_prop_ro("fold", [](const EqualizeResult& r) { return r.fold; })
       .def_prop_ro("activations", [](const EqualizeResult& r) { return r.activations; })
       .def_prop_ro("cls", [](const EqualizeResult& r) { return r.cls; })
+      .def_prop_ro("regions", [](const EqualizeResult& r) { return r.regions; },
+                   "equalization regions (empty unless equalize_model(regions=True))")
       .def_prop_ro("high_bias", [](const EqualizeResult& r) { return r.high_bias; })
       .def_prop_ro("bias_correction", [](const EqualizeResult& r) { return r.bias_correction; })
       .def("__repr__", [](const EqualizeResult& r) {

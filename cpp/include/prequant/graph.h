@@ -12,8 +12,15 @@
 //              with no spatial axes, kept as its own kind for messages and front ends.
 //   BatchNorm  gamma, beta, mean, var, eps  (y = gamma·(x − mean)/sqrt(var + eps) + beta)
 //   Relu, Clip (clip_min, clip_max, or a per-channel upper bound), LeakyRelu (alpha),
-//   PRelu (slope), Identity, ZeroPad (constant-zero padding), Pool (max/average pooling:
-//   per-channel and positively homogeneous, so scaling passes through it), Opaque.
+//   PRelu (slope), Identity, ZeroPad (constant-zero padding), Pool (max/average pooling, and a
+//   mean over spatial axes: per-channel and positively homogeneous, so scaling passes through it),
+//   Opaque.
+// Channel nodes, which equalization regions pass through (find_cls_regions.cpp):
+//   Add        elementwise sum of ≥ 2 activations with the same channels (Add, Sum, x + y)
+//   Concat     concatenation on the channel axis; input k owns the next slice of channels
+//   Split      output k is channels [slice_begin[k], min(slice_end[k], C)) of the input
+//              (Split, Slice and Chunk on the channel axis)
+//   Resize     per-channel spatial resampling (nearest, linear): linear in each channel
 #pragma once
 
 #include <deque>
@@ -30,7 +37,8 @@ class Transaction;
 struct TransactionJournal;
 
 enum class OpKind {
-  Conv, Linear, BatchNorm, Relu, Clip, LeakyRelu, PRelu, Identity, ZeroPad, Pool, Opaque
+  Conv, Linear, BatchNorm, Relu, Clip, LeakyRelu, PRelu, Identity, ZeroPad, Pool,
+  Add, Concat, Split, Resize, Opaque
 };
 
 const char* op_kind_name(OpKind kind);
@@ -69,6 +77,9 @@ struct Node {
   std::vector<double> clip_max_per_channel; // Clip after the exact ReLU6 policy scaled it
   double alpha = 0.01;                      // LeakyRelu
   TensorView slope;                         // PRelu (one value, or one per channel)
+
+  // Split: one [begin, end) channel range per output (end may exceed the channel count: to the end)
+  std::vector<int64_t> slice_begin, slice_end;
 
   bool removed = false;              // set by passes that take the node out of the graph
 

@@ -52,6 +52,9 @@ struct WeightQuantizer {
 struct EqualizeOptions {
   ClsOptions cls;
   bool fold = true;
+  // Also scale equalization regions (residual Adds, Concats, fan-out) the chains decline,
+  // alternating region sweeps with the chain sweeps until neither moves (scale_cls_regions.cpp).
+  bool regions = false;
   // Off by default: high-bias absorption only approximates the function (the 3σ rule), and on
   // EfficientNet-Lite0 it did not improve INT8 accuracy (docs/BENCHMARKS.md). AIMET runs it.
   bool absorb_high_bias = false;
@@ -85,6 +88,13 @@ ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& sets,
                          const ClsOptions& options = {});
 ClsResult scale_model(Graph& graph, const ClsOptions& options = {});
 
+// find_cls_regions.cpp / scale_cls_regions.cpp — regions beyond chains: sources meeting in one
+// tensor through Add / Concat / Split / fan-out / per-channel nodes, and the sinks reading it.
+// A region that is a plain chain (one source, one sink) is left to find_cls_sets.
+ClsRegionCandidates find_cls_regions(const Graph& graph, Relu6Policy relu6 = Relu6Policy::Bound);
+ClsRegionsResult scale_cls_regions(Graph& graph, const std::vector<ClsRegionSpec>& regions,
+                                   const ClsOptions& options = {});
+
 // absorb_high_bias.cpp — bn_stats maps layer name to the BN folded after it.
 HighBiasResult absorb_high_bias(Graph& graph, const std::vector<ClsSetResult>& sets,
                                 const std::unordered_map<std::string, FoldedBnStats>& bn_stats,
@@ -99,7 +109,8 @@ BiasCorrectionResult correct_bias(Graph& graph, const std::unordered_map<std::st
 // since: the layer's output channel c divided by its CLS scale s[c] (γ/s, β/s), and the bias
 // high-bias absorption moved out (β − c).
 std::unordered_map<std::string, FoldedBnStats> track_folded_bn_stats(const FoldResult& fold, const ClsResult& cls,
-                                                                      const HighBiasResult& high_bias);
+                                                                      const HighBiasResult& high_bias,
+                                                                      const ClsRegionsResult& regions = {});
 // E[act(z)] for z ~ N(mean, std) clipped to [lo, hi] (±infinity allowed): the clipped-normal mean.
 double clipped_normal_mean(double mean, double std, double lo, double hi);
 

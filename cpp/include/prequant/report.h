@@ -13,13 +13,17 @@
 //   ClsResult       {"sets": [{"layers": [..], "pairs": [{"layer1", "layer2", "scale": [..],
 //                    "relu_between", "activations_between": [..]}]}], "declined",
 //                    "iterations", "last_max_log_scale"}
+//   ClsRegionCandidates {"regions": [{"sources": [..], "sinks": [..]}], "declined"}
+//   ClsRegionsResult {"regions": [{"sources", "sinks", "nodes", "scale": [..]}], "activation_edits",
+//                    "declined", "iterations", "last_max_log_scale", "converged"}
 //   HighBiasResult  {"absorbed": [{"layer1", "layer2", "amount": [..], "bias_added"}], "declined"}
 //   BiasCorrectionResult {"corrected": [{"layer", "statistics_from", "activations": [..],
 //                    "correction": [..], "bias_added"}], "changes_fp32_output", "declined"}
 //   ActivationResult {"edits": [{"node", "kind": "replaced_with_relu"|"bounded_per_channel",
 //                     "upper_bound": [..]}], "declined"}
 //   UnrollResult    {"copies": [{"node", "original_name", "new_name"}]}
-//   EqualizeResult  {"unroll", "fold", "activations", "cls", "high_bias", "bias_correction", "declined": [all]}
+//   EqualizeResult  {"unroll", "fold", "activations", "cls", "regions", "high_bias", "bias_correction",
+//                    "declined": [all]}
 #pragma once
 
 #include <string>
@@ -36,6 +40,8 @@ nlohmann::json to_json(const Declined& d);
 nlohmann::json to_json(const FoldResult& r);
 nlohmann::json to_json(const ClsCandidates& r);
 nlohmann::json to_json(const ClsResult& r);
+nlohmann::json to_json(const ClsRegionCandidates& r);
+nlohmann::json to_json(const ClsRegionsResult& r);
 nlohmann::json to_json(const HighBiasResult& r);
 nlohmann::json to_json(const BiasCorrectionResult& r);
 nlohmann::json to_json(const ActivationResult& r);
@@ -46,6 +52,8 @@ std::string explain(const Declined& d);
 std::string explain(const FoldResult& r);
 std::string explain(const ClsCandidates& r);
 std::string explain(const ClsResult& r);
+std::string explain(const ClsRegionCandidates& r);
+std::string explain(const ClsRegionsResult& r);
 std::string explain(const HighBiasResult& r);
 std::string explain(const BiasCorrectionResult& r);
 std::string explain(const ActivationResult& r);

@@ -88,6 +88,35 @@ struct ClsResult {
   bool converged = false;           // no set moved by tolerance or more in the last sweep
 };
 
+// An equalization region: source layers whose output channels meet in one tensor (through Add,
+// Concat, Split, fan-out and per-channel nodes) and the sink layers that read it. Channel j of
+// the region is one channel of every tensor in it; each source's output channel mapped to j was
+// divided by scale[j] and each sink's input channel mapped to j multiplied by it.
+struct ClsRegionSpec {
+  std::vector<std::string> sources;  // graph order
+  std::vector<std::string> sinks;    // graph order
+};
+
+struct ClsRegionCandidates {
+  std::vector<ClsRegionSpec> regions;
+  std::vector<Declined> declined;
+};
+
+struct ClsRegionResult {
+  std::vector<std::string> sources, sinks;
+  std::vector<std::string> nodes;  // the channel nodes joining them, graph order
+  std::vector<double> scale;       // per region channel, cumulative over iterations
+};
+
+struct ClsRegionsResult {
+  std::vector<ClsRegionResult> regions;
+  std::vector<ActivationEdit> activation_edits;  // clips inside regions replaced or bounded
+  std::vector<Declined> declined;
+  int iterations = 0;
+  double last_max_log_scale = 0.0;
+  bool converged = false;
+};
+
 // Bias moved from layer1 to layer2 by high-bias absorption.
 struct BiasAbsorption {
   std::string layer1;
@@ -137,6 +166,7 @@ struct EqualizeResult {
   FoldResult fold;
   ActivationResult activations;
   ClsResult cls;
+  ClsRegionsResult regions;  // EqualizeOptions::regions only
   HighBiasResult high_bias;
   BiasCorrectionResult bias_correction;  // changes the FP32 function on purpose (see correct_bias)
 };

@@ -32,7 +32,7 @@ def rescale_randomly(model, seed: int = 0) -> int:
                 producer.weight.mul_(s.view(-1, *[1] * (producer.weight.dim() - 1)))
                 if producer.bias is not None:
                     producer.bias.mul_(s)
-                if consumer.groups > 1:
+                if getattr(consumer, "groups", 1) > 1:  # a Linear has no groups
                     consumer.weight.div_(s.view(-1, *[1] * (consumer.weight.dim() - 1)))
                 else:
                     consumer.weight.div_(s.view(1, -1, *[1] * (consumer.weight.dim() - 2)))

@@ -253,8 +253,19 @@ def _classify(op, node, calls: int) -> tuple[str, str]:
         if cls in _CONV_T:
             return "conv_transpose", ""
         return "dense", ""
+    if cls is L.Add and n_inputs >= 2:
+        return "add", ""
+    if cls is L.Concatenate:
+        rank = len(node.input_tensors[0].shape)
+        if op.axis not in (-1, rank - 1):
+            return "opaque", f"Concatenate on axis {op.axis} (only the channel axis -1 is a region node)"
+        return "concat", ""
     if n_inputs != 1:
         return "opaque", f"{cls_name} called on {n_inputs} tensors"
+    if cls in (L.UpSampling1D, L.UpSampling2D, L.UpSampling3D):
+        if not _data_format_ok(op):
+            return "opaque", f"{cls_name} with data_format='{op.data_format}'"
+        return "resize", ""
     if cls is L.BatchNormalization:
         rank = len(node.input_tensors[0].shape)
         axis = op.axis if isinstance(op.axis, int) else None
@@ -385,6 +396,10 @@ def _translate(eg: EngineGraph, e: Entry) -> None:
         return
     data_in = ins[:1]
     op_type = type(op).__name__
+    if kind in ("add", "concat"):
+        e.parts = [e.name]
+        g.add_activation(e.name, kind, ins, outs, op_type=op_type)
+        return
     if kind in ("conv", "depthwise", "separable", "conv_transpose", "dense"):
         fused = getattr(op, "activation", None)
         act_kind, act_args = _activation_kind(fused)

@@ -294,8 +294,9 @@ def replace_relu6_with_relu(model: keras.Model):
 def equalize_model(model: keras.Model, *, relu6: str = "bound", max_iterations: int = DEFAULT_MAX_ITERATIONS,
                    absorb_high_bias: bool = False, return_result: bool = False, bias_correction: bool = False,
                    bias_correction_bits: int = 8, bias_correction_per_channel: bool = False,
-                   bias_correction_symmetric: bool = True):
-    """Fold batch norms, handle ReLU6, scale CLS sets (and, with ``absorb_high_bias=True``, absorb
+                   bias_correction_symmetric: bool = True, regions: bool = False):
+    """Fold batch norms, handle ReLU6, scale CLS sets (with ``regions=True`` also equalization
+    regions: Add, Concatenate, fan-out; and, with ``absorb_high_bias=True``, absorb
     high bias: an approximation, off by default — docs/BENCHMARKS.md) in one atomic engine
     call; returns the new, equalized model (``(new_model, EqualizeResult)`` with
     ``return_result=True``; ``.explain()`` prints every decision). The model given is unchanged.
@@ -318,7 +319,8 @@ def equalize_model(model: keras.Model, *, relu6: str = "bound", max_iterations: 
                                   absorb_high_bias=absorb_high_bias, bias_correction=bias_correction,
                                   bias_correction_bits=bias_correction_bits,
                                   bias_correction_per_channel=bias_correction_per_channel,
-                                  bias_correction_symmetric=bias_correction_symmetric)
+                                  bias_correction_symmetric=bias_correction_symmetric,
+                                  regions=regions)
     warn_fused_activation_before_bn(eg, result.fold.declined)
     new_model = build_model(
         eg,
@@ -326,7 +328,8 @@ def equalize_model(model: keras.Model, *, relu6: str = "bound", max_iterations: 
         bias_added=[f.request.layer for f in result.fold.folded if f.bias_added]
         + [a.layer2 for a in result.high_bias.absorbed if a.bias_added]
         + [c.layer for c in result.bias_correction.corrected if c.bias_added],
-        edits=list(result.activations.edits) + list(result.cls.activation_edits),
+        edits=list(result.activations.edits) + list(result.cls.activation_edits)
+        + list(result.regions.activation_edits),
     )
     return (new_model, result) if return_result else new_model
 

@@ -49,8 +49,9 @@ def fold_all_batch_norms(model: Any, base_dir=None):
 def equalize_model(model: Any, relu6: str = "bound", *, absorb_high_bias: bool = False,
                    max_iterations: int = _core.DEFAULT_MAX_ITERATIONS, base_dir=None, bias_correction: bool = False,
                    bias_correction_bits: int = 8, bias_correction_per_channel: bool = False,
-                   bias_correction_symmetric: bool = True):
-    """Unroll shared weights, fold batch norms, apply the ReLU6 policy, scale CLS sets (and, with
+                   bias_correction_symmetric: bool = True, regions: bool = False):
+    """Unroll shared weights, fold batch norms, apply the ReLU6 policy, scale CLS sets (with
+    ``regions=True`` also equalization regions: residual adds, concats, splits, fan-out; and, with
     ``absorb_high_bias=True``, absorb high bias; with ``bias_correction=True``, correct biases
     analytically for the given weight quantizer — this changes the FP32 output on purpose);
     returns (new ModelProto, EqualizeResult)."""
@@ -59,5 +60,6 @@ def equalize_model(model: Any, relu6: str = "bound", *, absorb_high_bias: bool =
                                   absorb_high_bias=absorb_high_bias, bias_correction=bias_correction,
                                   bias_correction_bits=bias_correction_bits,
                                   bias_correction_per_channel=bias_correction_per_channel,
-                                  bias_correction_symmetric=bias_correction_symmetric)
+                                  bias_correction_symmetric=bias_correction_symmetric,
+                                  regions=regions)
     return _to_proto(m), result

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -200,6 +201,7 @@ def _translate(result: EngineGraph, fx_graph: torch.fx.Graph, input_ranks) -> No
 
     g = result.graph
     seen: dict[str, int] = {}
+    splits: set[str] = set()  # fx nodes added as a split; their getitem users are its outputs
     for node in fx_graph.nodes:
         if node.op == "placeholder":
             g.graph_inputs = [*g.graph_inputs, node.name]
@@ -212,6 +214,9 @@ def _translate(result: EngineGraph, fx_graph: torch.fx.Graph, input_ranks) -> No
         if node in shape_reads:
             continue  # reads sizes or rank, not values: not a consumer of the tensor
         inputs, outputs = _data_inputs(node, shape_reads), [node.name]
+        if (node.op == "call_function" and node.target is operator.getitem
+                and isinstance(node.args[0], torch.fx.Node) and node.args[0].name in splits):
+            continue  # an output of the split node above
         if node.op == "call_module":
             module = modules[node.target]
             k = seen.get(node.target, 0)
@@ -222,9 +227,11 @@ def _translate(result: EngineGraph, fx_graph: torch.fx.Graph, input_ranks) -> No
                 g.add_opaque(name, type(module).__name__, inputs, outputs, reason=shared[node.target])
                 continue
             rank = ranks.get(node.args[0]) if node.args and isinstance(node.args[0], torch.fx.Node) else None
-            _add_module(g, name, module, node, inputs, outputs, calls[node.target], rank)
+            _add_module(g, name, module, node, inputs, outputs, calls[node.target], rank, modules)
         elif node.op == "call_function" and node.target in _RELU_FUNCTIONS:
             g.add_activation(node.name, "relu", inputs[:1], outputs, op_type="F.relu")
+        elif node.op in ("call_function", "call_method") and _add_channel_node(g, node, modules, splits):
+            pass
         elif node.op == "call_method" and node.target == "relu":
             g.add_activation(node.name, "relu", inputs[:1], outputs, op_type="Tensor.relu")
         else:
@@ -368,7 +375,124 @@ def _unroll_shared_state(gm: torch.fx.GraphModule) -> list:
     return undo
 
 
-def _add_module(g, name, module, node, inputs, outputs, calls, rank=None):
+_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+_CAT_FUNCTIONS = {torch.cat, torch.concat}
+_INTERPOLATE = {F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear}
+_ADAPTIVE_POOL_FUNCTIONS = {F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+                            F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d}
+
+
+def _arg(node: torch.fx.Node, index: int, name: str, default=None):
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _is_global_pool(node, modules) -> bool:
+    """An fx node whose output is (N, C, 1, ...): adaptive pooling to size 1."""
+    if not isinstance(node, torch.fx.Node):
+        return False
+    size = None
+    if node.op == "call_module":
+        size = getattr(modules.get(node.target), "output_size", None)
+    elif node.op == "call_function" and node.target in _ADAPTIVE_POOL_FUNCTIONS:
+        size = _arg(node, 1, "output_size")
+    sizes = size if isinstance(size, (tuple, list)) else (size,)
+    return size is not None and all(s == 1 for s in sizes)
+
+
+def _add_channel_node(g, node: torch.fx.Node, modules, splits: set) -> bool:
+    """Adds the channel node (add, concat, split, spatial mean, resize, flatten of a globally pooled
+    tensor) `node` is, and returns True; False if it is none of them."""
+    target, name, outputs = node.target, node.name, [node.name]
+    is_fn, is_method = node.op == "call_function", node.op == "call_method"
+    if (is_fn and target in _ADD_FUNCTIONS) or (is_method and target in ("add", "add_")):
+        operands = list(node.args[:2])
+        if len(operands) == 2 and all(isinstance(a, torch.fx.Node) for a in operands) and "alpha" not in node.kwargs:
+            g.add_activation(name, "add", [a.name for a in operands], outputs, op_type=str(getattr(target, "__name__", target)))
+            return True
+        return False
+    if is_fn and target in _CAT_FUNCTIONS:
+        parts = _arg(node, 0, "tensors")
+        if _arg(node, 1, "dim", 0) == 1 and isinstance(parts, (list, tuple)) and all(isinstance(a, torch.fx.Node) for a in parts):
+            g.add_activation(name, "concat", [a.name for a in parts], outputs, op_type="torch.cat")
+            return True
+        return False
+    if (is_fn and target in (torch.mean,)) or (is_method and target == "mean"):
+        dims = _arg(node, 1, "dim")
+        dims = dims if isinstance(dims, (tuple, list)) else (dims,)
+        if dims and all(isinstance(d, int) and d >= 2 for d in dims) and isinstance(node.args[0], torch.fx.Node):
+            g.add_activation(name, "pool", [node.args[0].name], outputs, op_type="mean")
+            return True
+        return False
+    if is_fn and target in _ADAPTIVE_POOL_FUNCTIONS and isinstance(node.args[0], torch.fx.Node):
+        g.add_activation(name, "pool", [node.args[0].name], outputs, op_type=target.__name__)
+        return True
+    if is_fn and getattr(target, "__name__", "") == "stochastic_depth" and _arg(node, 3, "training", True) is False \
+            and isinstance(node.args[0], torch.fx.Node):  # torchvision.ops: the identity in eval mode
+        g.add_activation(name, "identity", [node.args[0].name], outputs, op_type="stochastic_depth (eval)")
+        return True
+    if is_fn and target in _INTERPOLATE and isinstance(node.args[0], torch.fx.Node):
+        g.add_activation(name, "resize", [node.args[0].name], outputs, op_type="F.interpolate")
+        return True
+    if (is_fn and target is torch.flatten) or (is_method and target == "flatten"):
+        start = _arg(node, 1, "start_dim", 0)
+        end = _arg(node, 2, "end_dim", -1)
+        if start == 1 and end == -1 and _is_global_pool(node.args[0], modules):
+            g.add_activation(name, "identity", [node.args[0].name], outputs, op_type="flatten")
+            return True
+        return False
+    if (is_fn and target is torch.split) or (is_method and target == "split"):
+        size = _arg(node, 1, "split_size_or_sections", _arg(node, 1, "split_size"))
+        if _arg(node, 2, "dim", 0) != 1 or not isinstance(node.args[0], torch.fx.Node):
+            return False
+        users = list(node.users)
+        if not users or any(u.op != "call_function" or u.target is not operator.getitem
+                            or not isinstance(u.args[1], int) or u.args[1] < 0 for u in users):
+            return False
+        begin, end = [], []
+        for u in users:
+            k = u.args[1]
+            if isinstance(size, int):
+                begin.append(k * size)
+                end.append((k + 1) * size)
+            elif isinstance(size, (list, tuple)) and k < len(size):
+                begin.append(sum(size[:k]))
+                end.append(sum(size[:k + 1]))
+            else:
+                return False
+        g.add_split(name, [node.args[0].name], [u.name for u in users], begin, end, op_type="split")
+        splits.add(node.name)
+        return True
+    return False
+
+
+def _add_prequant_channel_module(g, name, module, node, outputs) -> bool:
+    """prepare_model turns x + y, torch.cat, x.mean and F.interpolate into modules; map them as
+    _add_channel_node maps the functions."""
+    from prequant.torch import modules as pm
+
+    args = list(node.args)
+    if not args or not all(isinstance(a, torch.fx.Node) for a in args) or node.kwargs:
+        return False
+    names = [a.name for a in args]
+    if type(module) is pm.Add and module.alpha == 1 and len(args) == 2:
+        g.add_activation(name, "add", names, outputs, op_type="Add")
+    elif type(module) is pm.Concat and module.dim == 1:
+        g.add_activation(name, "concat", names, outputs, op_type="Concat")
+    elif type(module) is pm.Mean and len(args) == 1 and module.dtype is None:
+        dims = module.dim if isinstance(module.dim, tuple) else (module.dim,)
+        if not dims or not all(isinstance(d, int) and d >= 2 for d in dims):
+            return False
+        g.add_activation(name, "pool", names, outputs, op_type="Mean")
+    elif type(module) is pm.Interpolate and len(args) == 1:
+        g.add_activation(name, "resize", names, outputs, op_type="Interpolate")
+    else:
+        return False
+    return True
+
+
+def _add_module(g, name, module, node, inputs, outputs, calls, rank=None, modules=None):
     type_name = type(module).__name__
     data_in = inputs[:1]
     overridden = _overridden_base(module)
@@ -423,6 +547,13 @@ def _add_module(g, name, module, node, inputs, outputs, calls, rank=None):
         g.add_activation(name, "identity", data_in, outputs, op_type=type_name)
     elif isinstance(module, _POOL):
         g.add_activation(name, "pool", data_in, outputs, op_type=type_name, has_padding=_pool_counts_padding(module))
+    elif _add_prequant_channel_module(g, name, module, node, outputs):
+        pass  # prepare_model's Add / Concat / Mean / Interpolate modules
+    elif isinstance(module, nn.Upsample):
+        g.add_activation(name, "resize", data_in, outputs, op_type=type_name)
+    elif isinstance(module, nn.Flatten) and module.start_dim == 1 and module.end_dim == -1 and \
+            _is_global_pool(node.args[0], modules):
+        g.add_activation(name, "identity", data_in, outputs, op_type=type_name)
     elif isinstance(module, _ZERO_PAD) or (isinstance(module, _CONST_PAD) and module.value == 0):
         g.add_activation(name, "zero_pad", data_in, outputs, op_type=type_name)
     else:
@@ -587,7 +718,8 @@ def apply_high_bias(eg: EngineGraph, hb_result) -> None:
 
 def apply_equalize(eg: EngineGraph, result) -> None:
     apply_folds(eg, result.fold)
-    apply_activation_edits(eg, list(result.activations.edits) + list(result.cls.activation_edits))
+    apply_activation_edits(eg, list(result.activations.edits) + list(result.cls.activation_edits)
+                           + list(result.regions.activation_edits))
     apply_high_bias(eg, result.high_bias)
     for corrected in result.bias_correction.corrected:
         if corrected.bias_added:

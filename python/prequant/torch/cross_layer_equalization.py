@@ -232,8 +232,9 @@ def equalize_model(model: nn.Module, input_shapes=None, dummy_input=None, *, rel
                    max_iterations: int = DEFAULT_MAX_ITERATIONS, absorb_high_bias: bool = False,
                    bias_correction: bool = False, bias_correction_bits: int = 8,
                    bias_correction_per_channel: bool = False, bias_correction_symmetric: bool = True,
-                   verify: bool = False):
-    """Fold batch norms, handle ReLU6, scale CLS sets (and, with ``absorb_high_bias=True``,
+                   regions: bool = False, verify: bool = False):
+    """Fold batch norms, handle ReLU6, scale CLS sets (with ``regions=True`` also equalization
+    regions: residual adds, concats, splits, fan-out; and, with ``absorb_high_bias=True``,
     absorb high bias: an approximation, off by default — docs/BENCHMARKS.md) — in place, in one
     atomic engine call. Returns the engine's EqualizeResult (``.explain()`` prints every
     decision). Conventions differ by framework: AIMET's torch ``equalize_model`` returns None;
@@ -271,7 +272,8 @@ def equalize_model(model: nn.Module, input_shapes=None, dummy_input=None, *, rel
                                       bias_correction=bias_correction,
                                       bias_correction_bits=bias_correction_bits,
                                       bias_correction_per_channel=bias_correction_per_channel,
-                                      bias_correction_symmetric=bias_correction_symmetric)
+                                      bias_correction_symmetric=bias_correction_symmetric,
+                                      regions=regions)
     apply_equalize(eg, result)
     if verify:
         with torch.no_grad():

@@ -1,0 +1,65 @@
+// scale_model_with_regions.cpp — cross-layer scaling over chains and regions together.
+//
+// Before: a graph with batch norms folded.
+// After:  the same function; chain sets (find_cls_sets) and regions (find_cls_regions) equalized.
+// Sets and regions share layers (a region's sink starts a chain; a chain's last layer is a
+// region's source), so scaling one disturbs the other. Rounds alternate: the sets, iterated to
+// their own convergence (options.max_iterations sweeps), then one sweep over the regions; they
+// stop when a round moves no scale by |ln s| ≥ tolerance, or after options.max_iterations rounds.
+// A chain decline of a layer that is a source of a region (scaled or declined as a region) is
+// replaced by the region's outcome, so every layer has one verdict.
+#include <algorithm>
+#include <cmath>
+#include <unordered_set>
+
+#include "cls_region.h"
+#include "transaction.h"
+
+namespace prequant {
+
+ClsResult scale_model_with_regions(Graph& graph, const ClsOptions& options, ClsRegionsResult& regions) {
+  Transaction tx(graph);
+  ClsCandidates sets = find_cls_sets(graph, options.relu6);
+  ClsRegionCandidates found = find_cls_regions(graph, options.relu6);
+  ClsOptions one_sweep = options;
+  one_sweep.max_iterations = 1;
+
+  ClsResult chains = scale_cls_sets(graph, sets.sets, options);
+  regions = scale_cls_regions(graph, found.regions, one_sweep);
+  const int rounds = std::max(1, options.max_iterations);
+  int round = 1;
+  for (; round < rounds && regions.last_max_log_scale >= options.tolerance; ++round) {
+    ClsResult again = scale_cls_sets(graph, sets.sets, options);
+    for (size_t k = 0; k < chains.sets.size(); ++k)
+      for (size_t p = 0; p < chains.sets[k].pairs.size(); ++p)
+        for (size_t c = 0; c < chains.sets[k].pairs[p].scale.size(); ++c)
+          chains.sets[k].pairs[p].scale[c] *= again.sets[k].pairs[p].scale[c];
+    chains.iterations += again.iterations;
+    ClsRegionsResult more = scale_cls_regions(graph, found.regions, one_sweep);
+    for (size_t k = 0; k < regions.regions.size(); ++k)
+      for (size_t j = 0; j < regions.regions[k].scale.size(); ++j)
+        regions.regions[k].scale[j] *= more.regions[k].scale[j];
+    regions.iterations += more.iterations;
+    regions.last_max_log_scale = std::max(more.last_max_log_scale, again.last_max_log_scale);
+    chains.last_max_log_scale = again.last_max_log_scale;
+    chains.converged = again.converged;
+  }
+  regions.converged = regions.last_max_log_scale < options.tolerance;
+  // Clip bounds as they ended (later rounds moved them again).
+  for (auto* edits : {&chains.activation_edits, &regions.activation_edits})
+    for (auto& e : *edits)
+      if (e.kind == ActivationEdit::Kind::BoundedPerChannel)
+        if (const auto i = graph.find(e.node)) e.upper_bound = graph.nodes[*i].clip_max_per_channel;
+
+  std::unordered_set<std::string> in_region;
+  for (const auto& r : regions.regions) in_region.insert(r.sources.begin(), r.sources.end());
+  for (const auto& d : found.declined) in_region.insert(d.nodes.begin(), d.nodes.end());
+  chains.declined.clear();
+  for (auto& d : sets.declined)
+    if (d.nodes.empty() || !in_region.count(d.nodes[0])) chains.declined.push_back(std::move(d));
+  regions.declined = std::move(found.declined);
+  tx.commit();
+  return chains;
+}
+
+}  // namespace prequant
