@@ -172,14 +172,16 @@ def _summed_weight(conv: nn.Module) -> np.ndarray:
     """Σ over the kernel of W2[:, i, k] as an (O, C) matrix; a depthwise conv is diagonal."""
     w = conv.weight.detach().double().numpy()
     s = w.reshape(w.shape[0], w.shape[1], -1).sum(2)
-    if conv.groups == 1:
+    if getattr(conv, "groups", 1) == 1:
         return s
     return np.diag(s[:, 0])
 
 
 def test_high_bias_absorption_matches_the_3_sigma_rule():
     """make_block: (dw → ReLU6 → pw) absorbs the 3σ excess, capped by the per-channel bound;
-    (pw → conv4) with nothing between absorbs all of β'; (conv1 → dw) is declined (dw pads)."""
+    (pw → conv4) with nothing between absorbs all of β'; (conv4 → ReLU → global pool → flatten →
+    fc) the 3σ excess (the pool is an unpadded average, the flatten of a (N, C, 1, 1) tensor
+    keeps channels); (conv1 → dw) is declined (dw pads)."""
     model = make_block().double()
     bn_after = {"conv1": model.bn1, "dw": model.bn2, "pw": model.bn3, "conv4": model.bn4}
     stats = {k: (bn.weight.detach().double().numpy().copy(), bn.bias.detach().double().numpy().copy())
@@ -193,13 +195,13 @@ def test_high_bias_absorption_matches_the_3_sigma_rule():
         assert torch.equal(modules[name].weight, ref_modules[name].weight), name
     scale = {(p.layer1, p.layer2): np.asarray(p.scale) for s in result.cls.sets for p in s.pairs}
     absorbed = {(a.layer1, a.layer2) for a in result.high_bias.absorbed}
-    assert absorbed == {("dw", "pw"), ("pw", "conv4")}, result.explain()
+    assert absorbed == {("dw", "pw"), ("pw", "conv4"), ("conv4", "fc")}, result.explain()
     assert any(list(d.nodes) == ["conv1", "dw"] and "pads" in d.reason for d in result.high_bias.declined)
-    bias = {n: ref_modules[n].bias.detach().double().numpy().copy() for n in ("dw", "pw", "conv4")}
-    for l1, l2 in (("dw", "pw"), ("pw", "conv4")):
+    bias = {n: ref_modules[n].bias.detach().double().numpy().copy() for n in ("dw", "pw", "conv4", "fc")}
+    for l1, l2 in (("dw", "pw"), ("pw", "conv4"), ("conv4", "fc")):
         gamma, beta = stats[l1]
         s = scale[(l1, l2)]
-        relu = l1 == "dw"
+        relu = l1 in ("dw", "conv4")
         c = np.maximum(0.0, beta / s - 3 * np.abs(gamma / s)) if relu else beta / s
         if l1 == "dw":  # the 'bound' ReLU6 between caps c and is lowered by it
             upper = ref_modules["act2"].upper.detach().double().numpy()

@@ -20,8 +20,7 @@ Besides: relu6='replace' rewrites only ReLU6s between scaled layers; high-bias a
 moves bias into a padded layer or through a padded average pool; manual sets given to
 scale_cls_sets (overlapping, or one given twice) keep the function or raise.
 
-Seeds are fixed, so CI is deterministic. Cases that fail today because of issue-11 defects
-being fixed elsewhere are xfail(strict=True) naming the item."""
+Seeds are fixed, so CI is deterministic."""
 
 from __future__ import annotations
 
@@ -315,21 +314,16 @@ def test_random_graphs_with_a_module_called_twice_prepared():
     assert_none(sweep(seeds, frozenset({"shared_module"}), ("prepare",)), len(seeds))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 1: a conv called twice, not unrolled: "
-                   "the engine edits per-call copies the torch front end never writes back")
 def test_random_graphs_with_a_module_called_twice_not_unrolled():
     seeds = range(2000, 2040)
     assert_none(sweep(seeds, frozenset({"shared_module"}), ("none", "prepare_shared")), len(seeds))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 1: two modules sharing one Parameter")
 def test_random_graphs_with_a_shared_parameter():
     seeds = range(3000, 3040)
     assert_none(sweep(seeds, frozenset({"shared_param"}), ("prepare", "none")), len(seeds))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 6: nn.Linear on a 3-d/4-d/5-d tensor paired or "
-                   "folded by channel count alone")
 def test_random_graphs_with_linear_on_nd_tensors():
     seeds = range(4000, 4040)
     assert_none(sweep(seeds, frozenset({"linear_nd"}), ("prepare", "none")), len(seeds))
@@ -347,8 +341,6 @@ def replaced_outside_pairs(seed: int) -> list[str]:
             if e.kind == "replaced_with_relu" and e.node not in between]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 4: relu6='replace' rewrites every Clip(0, m), "
-                   "also ReLU6s in no scaled pair")
 def test_relu6_replace_only_between_scaled_layers():
     failures = [f for seed in range(5000, 5060) for f in replaced_outside_pairs(seed)]
     assert_none(failures, 60)
@@ -379,8 +371,6 @@ def test_high_bias_absorption_declines_a_padded_layer2():
     assert_none([f for seed in range(8000, 8100) for f in absorbed_across_padding(seed)[0]], 100)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 3: high-bias absorption through an average pool "
-                   "with count_include_pad=True is inexact at borders and not declined")
 def test_high_bias_absorption_declines_a_padded_average_pool():
     assert_none([f for seed in range(8000, 8100) for f in absorbed_across_padding(seed)[1]], 100)
 
@@ -434,8 +424,6 @@ def test_manual_overlapping_sets_keep_the_function():
     assert_none(failures, 40)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 5: a manual set given twice divides a bounded "
-                   "ReLU6 twice while the FP32 function is reported kept")
 def test_manual_repeated_sets_keep_the_function_or_raise():
     failures = [f for seed in range(7000, 7040) if (f := check_manual(seed, repeats=True))]
     assert_none(failures, 40)

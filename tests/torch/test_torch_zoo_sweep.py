@@ -8,10 +8,7 @@ Per model:
   per-channel ranges equal;
 - at least one CLS set is scaled, unless the architecture has none the ONNX CLI can scale either;
 - the BNs folded and the sets scaled are the ones the CLI folds and scales on the export, or each
-  difference is explained by a decline reason that torch_zoo_sweep.REASONS names.
-
-Differences caused by issue-11 defects that other changes fix are marked xfail(strict=True) with
-the item's number: the mark goes when the fix lands (a strict xfail that passes fails)."""
+  difference is explained by a decline reason that torch_zoo_sweep.REASONS names."""
 
 from __future__ import annotations
 
@@ -28,26 +25,6 @@ pytestmark = pytest.mark.usefixtures("single_thread_torch")
 if importlib.util.find_spec("torchvision") is None:
     pytest.skip("torchvision is needed for the zoo", allow_module_level=True)
 
-SHAPE_READS = "issue 11 item 10: shape reads (x.ndim in timm's BatchNormAct2d) counted as consumers"
-
-# Models that differ from the CLI today only because of an issue-11 defect, by defect.
-# (torch_zoo_sweep.REASONS recognizes the defect in the decline reasons; these marks let the
-# test pass until the fix lands, and fail — strict — once it has, so they are removed then.)
-XFAIL_MATCH = {
-    SHAPE_READS: [
-        "efficientnet_lite0", "efficientnet_b0", "tinynet_e", "mobilenetv2_050",
-        "mobilenetv3_small_050", "mobilenetv3_large_100", "mnasnet_small", "mnasnet_050",
-        "fbnetc_100", "hardcorenas_a", "lcnet_050", "mixnet_s", "ghostnet_050", "rexnet_100",
-        "regnetx_002", "regnety_002", "densenet121", "resnext26ts", "resnetv2_50", "dpn48b",
-        "darknet17", "ese_vovnet19b_dw", "repvgg_a0"],
-}
-# Models scaling fewer sets than required today, by defect.
-XFAIL_SETS = {
-    SHAPE_READS: [
-        "efficientnet_lite0", "efficientnet_b0", "tinynet_e", "mobilenetv2_050", "mnasnet_small",
-        "mnasnet_050", "fbnetc_100", "mixnet_s", "regnetx_002", "densenet121", "resnetv2_50",
-        "dpn48b", "darknet17"],
-}
 # Architectures with no pair the ONNX CLI can scale either (the test checks both counts are 0).
 NO_CLS_SET = {
     "timm:convnext_atto": "LayerNorm, GELU and permutes between all layers",
@@ -67,12 +44,6 @@ def sweep(name: str) -> zoo.Sweep:
     return zoo.run(name, cli)
 
 
-def params(xfails: dict) -> list:
-    reason_of = {f"timm:{m}": reason for reason, models in xfails.items() for m in models}
-    return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=reason_of[n])) if n in reason_of else n
-            for n in zoo.MODELS]
-
-
 @pytest.mark.parametrize("name", zoo.MODELS)
 def test_equalize_keeps_the_function(name):
     s = sweep(name)
@@ -82,7 +53,7 @@ def test_equalize_keeps_the_function(name):
     assert all(d["reason"].strip() for d in declined), "a declined candidate without a reason"
 
 
-@pytest.mark.parametrize("name", params(XFAIL_SETS))
+@pytest.mark.parametrize("name", zoo.MODELS)
 def test_equalize_scales_sets(name):
     s = sweep(name)
     torch_sets, onnx_sets = s.sets
@@ -104,7 +75,7 @@ def test_differences_from_the_cli_have_a_reason(name):
     assert not unexplained, _describe(s, unexplained)
 
 
-@pytest.mark.parametrize("name", params(XFAIL_MATCH))
+@pytest.mark.parametrize("name", zoo.MODELS)
 def test_matches_the_cli(name):
     s = sweep(name)
     assert not s.onnx_error, s.onnx_error
@@ -143,8 +114,6 @@ def _leaf_case(case: str):
     return Net(StdConv2d), [StdConv2d], 17  # standardizes its weight inside forward
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 9: a Conv/BN subclass with its own forward, kept as "
-                   "a leaf, is treated as its base class")
 @pytest.mark.parametrize("case", ["BatchNormAct2d", "Conv2dSame", "StdConv2d"])
 def test_subclassed_leaves_keep_the_function(case):
     pytest.importorskip("timm")
@@ -164,8 +133,6 @@ def test_subclassed_leaves_keep_the_function(case):
 
 # ---- torch.no_grad() inside forward --------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 12: a torch.no_grad() region inside forward is "
-                   "dropped by tracing without a word in the prepare summary")
 def test_no_grad_inside_forward_is_reported():
     import warnings
 

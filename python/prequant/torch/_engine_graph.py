@@ -608,6 +608,16 @@ def _flatten_rank(rank, start, end):
     return rank - (end - start)
 
 
+def _reduced_rank(rank, dim, keepdim):
+    """Rank after a mean/sum over `dim` (an int or a sequence of ints), or None if unknown."""
+    if rank is None or keepdim is True:
+        return rank
+    dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+    if keepdim is not False or not all(isinstance(d, int) for d in dims):
+        return None
+    return rank - len({d % rank for d in dims})
+
+
 def _tensor_ranks(fx_graph: torch.fx.Graph, modules: dict, input_ranks) -> dict:
     """fx node -> rank of its tensor, where the graph shows it (conv outputs have spatial + 2
     axes, flatten(x, 1) and view(n, -1) two, elementwise ops keep the rank; shape metadata and
@@ -636,6 +646,8 @@ def _tensor_ranks(fx_graph: torch.fx.Graph, modules: dict, input_ranks) -> dict:
                 rank = len(node.args) - 1
             elif isinstance(m, _RANK_KEEPING):
                 rank = inherited
+            elif type(m).__name__ in ("Mean", "Sum") and type(m).__module__ == "prequant.torch.modules":
+                rank = _reduced_rank(inherited, m.dim, m.keepdim)
         elif node.op in ("call_function", "call_method"):
             target = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
             if target == "flatten":
@@ -646,6 +658,10 @@ def _tensor_ranks(fx_graph: torch.fx.Graph, modules: dict, input_ranks) -> dict:
             elif node.op == "call_method" and target in ("view", "reshape") and len(node.args) > 1:
                 shape = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) else node.args[1:]
                 rank = len(shape)
+            elif target in ("mean", "sum") and (len(node.args) > 1 or "dim" in node.kwargs):
+                dim = node.args[1] if len(node.args) > 1 else node.kwargs["dim"]
+                keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+                rank = _reduced_rank(inherited, dim, keepdim)
             elif target in _RANK_KEEPING_CALLS or target == "truediv":
                 # elementwise; with several tensors, broadcasting gives the largest rank
                 tensors = node.all_input_nodes
@@ -690,6 +706,14 @@ def _give_bias(eg: EngineGraph, node_name: str) -> None:
         layer.bias = nn.Parameter(values, requires_grad=layer.weight.requires_grad)
 
 
+def _parameter_dtype(model: nn.Module) -> torch.dtype:
+    """The model's floating dtype (float32 or float64), for buffers the front end creates."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
 def apply_activation_edits(eg: EngineGraph, edits) -> None:
     """ReLU6 replaced: nn.ReLU; ReLU6 bounded per channel: BoundedReLU(bounds)."""
     for edit in edits:
@@ -701,7 +725,7 @@ def apply_activation_edits(eg: EngineGraph, edits) -> None:
         if info.kind == "relu":
             _set_submodule(eg.model, path, nn.ReLU())
         else:  # the final bounds: high-bias absorption may have lowered them after scaling
-            upper = torch.as_tensor(info.clip_max_per_channel, dtype=torch.float32)
+            upper = torch.as_tensor(info.clip_max_per_channel, dtype=_parameter_dtype(eg.model))
             _set_submodule(eg.model, path, BoundedReLU(upper))
 
 
@@ -713,7 +737,7 @@ def apply_high_bias(eg: EngineGraph, hb_result) -> None:
     for node in eg.graph.nodes():
         module = eg.modules.get(node.name)
         if isinstance(module, BoundedReLU) and len(node.clip_max_per_channel):
-            module.upper.copy_(torch.as_tensor(node.clip_max_per_channel, dtype=torch.float32))
+            module.upper.copy_(torch.as_tensor(node.clip_max_per_channel, dtype=module.upper.dtype))
 
 
 def apply_equalize(eg: EngineGraph, result) -> None:

@@ -19,7 +19,11 @@ class BoundedReLU(nn.Module):
 
     def __init__(self, upper: torch.Tensor):
         super().__init__()
-        self.register_buffer("upper", torch.as_tensor(upper, dtype=torch.float32).flatten().clone())
+        upper = torch.as_tensor(upper)
+        # Keep a float64 model's bounds in float64: rounding 6/s[c] to float32 moves the clip by
+        # ~1e-7 relative, which deep random-statistics networks amplify far above 1e-5.
+        upper = upper if upper.is_floating_point() else upper.float()
+        self.register_buffer("upper", upper.flatten().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = [1, -1] + [1] * (x.dim() - 2)
