@@ -88,6 +88,13 @@ json to_json(const ClsCandidates& r) {
   return json{{"sets", sets}, {"declined", declined_list(r.declined)}};
 }
 
+static json edits_json(const std::vector<ActivationEdit>& edits) {
+  json out = json::array();
+  for (const auto& e : edits)
+    out.push_back({{"node", e.node}, {"kind", edit_kind_name(e.kind)}, {"upper_bound", numbers(e.upper_bound)}});
+  return out;
+}
+
 json to_json(const ClsResult& r) {
   json sets = json::array();
   for (const auto& s : r.sets) {
@@ -105,6 +112,7 @@ json to_json(const ClsResult& r) {
     sets.push_back({{"layers", layers}, {"pairs", pairs}});
   }
   return json{{"sets", sets},
+              {"activation_edits", edits_json(r.activation_edits)},
               {"declined", declined_list(r.declined)},
               {"iterations", r.iterations},
               {"converged", r.converged},
@@ -122,11 +130,8 @@ json to_json(const ClsRegionsResult& r) {
   json regions = json::array();
   for (const auto& g : r.regions)
     regions.push_back({{"sources", g.sources}, {"sinks", g.sinks}, {"nodes", g.nodes}, {"scale", numbers(g.scale)}});
-  json edits = json::array();
-  for (const auto& e : r.activation_edits)
-    edits.push_back({{"node", e.node}, {"kind", edit_kind_name(e.kind)}, {"upper_bound", numbers(e.upper_bound)}});
   return json{{"regions", regions},
-              {"activation_edits", edits},
+              {"activation_edits", edits_json(r.activation_edits)},
               {"declined", declined_list(r.declined)},
               {"iterations", r.iterations},
               {"converged", r.converged},
@@ -157,10 +162,7 @@ json to_json(const BiasCorrectionResult& r) {
 }
 
 json to_json(const ActivationResult& r) {
-  json edits = json::array();
-  for (const auto& e : r.edits)
-    edits.push_back({{"node", e.node}, {"kind", edit_kind_name(e.kind)}, {"upper_bound", numbers(e.upper_bound)}});
-  return json{{"edits", edits}, {"declined", declined_list(r.declined)}};
+  return json{{"edits", edits_json(r.edits)}, {"declined", declined_list(r.declined)}};
 }
 
 json to_json(const UnrollResult& r) {

@@ -134,7 +134,7 @@ def test_python_write_report_on_a_model_proto(model_path, tmp_path):
     assert model.SerializeToString() == serialized
     assert len(report.images) == 2
     check_self_contained(report.html, report.images)
-    assert report.result.activations.edits  # relu6="replace" reached the engine
+    assert report.result.cls.activation_edits  # relu6="replace" reached the engine
     assert report.after.layer("conv1").range_ratio < report.before.layer("conv1").range_ratio / 3
     html = Path(report.html).read_text(encoding="utf-8")
     assert "Plots are drawn for 1 of 4 layers" in html and "relu6=&#39;replace&#39;" in html

@@ -11,7 +11,7 @@
 //                                "bias_added", "bn_gamma": [..], "bn_beta": [..]}], "declined"}
 //   ClsCandidates   {"sets": [{"layers": [..]}], "declined"}
 //   ClsResult       {"sets": [{"layers": [..], "pairs": [{"layer1", "layer2", "scale": [..],
-//                    "relu_between", "activations_between": [..]}]}], "declined",
+//                    "relu_between", "activations_between": [..]}]}], "activation_edits", "declined",
 //                    "iterations", "last_max_log_scale"}
 //   ClsRegionCandidates {"regions": [{"sources": [..], "sinks": [..]}], "declined"}
 //   ClsRegionsResult {"regions": [{"sources", "sinks", "nodes", "scale": [..]}], "activation_edits",
