@@ -284,35 +284,25 @@ std::unordered_map<std::string, FoldedBnStats> track_folded_bn_stats(const FoldR
     if (pair.request.direction == FoldDirection::ConvThenBn) stats[pair.request.layer] = pair.bn_stats;
   // A size mismatch (a result not from this graph) drops the entry: correct_bias then declines
   // the layers it feeds, rather than using statistics that no longer describe them.
-  for (const auto& set : cls.sets)
-    for (const auto& pair : set.pairs) {
-      const auto s = stats.find(pair.layer1);
-      if (s == stats.end()) continue;
-      if (pair.scale.size() != s->second.gamma.size()) {
-        stats.erase(s);
-        continue;
-      }
-      for (size_t c = 0; c < pair.scale.size(); ++c) {
-        s->second.gamma[c] /= pair.scale[c];
-        s->second.beta[c] /= pair.scale[c];
-      }
+  const auto divide = [&stats](const std::string& layer, const std::vector<double>& scale) {
+    const auto s = stats.find(layer);
+    if (s == stats.end()) return;
+    if (scale.size() != s->second.gamma.size()) {
+      stats.erase(s);
+      return;
     }
+    for (size_t c = 0; c < scale.size(); ++c) {
+      s->second.gamma[c] /= scale[c];
+      s->second.beta[c] /= scale[c];
+    }
+  };
+  for (const auto& set : cls.sets)
+    for (const auto& pair : set.pairs) divide(pair.layer1, pair.scale);
   // A region source's output channel c was divided by the region's s[c] when the source owns
   // every region channel (Add, fan-out); a Concat source owns a slice the result does not record,
   // so its statistics are dropped and the layers it feeds are declined.
   for (const auto& region : regions.regions)
-    for (const auto& source : region.sources) {
-      const auto s = stats.find(source);
-      if (s == stats.end()) continue;
-      if (region.scale.size() != s->second.gamma.size()) {
-        stats.erase(s);
-        continue;
-      }
-      for (size_t c = 0; c < region.scale.size(); ++c) {
-        s->second.gamma[c] /= region.scale[c];
-        s->second.beta[c] /= region.scale[c];
-      }
-    }
+    for (const auto& source : region.sources) divide(source, region.scale);
   for (const auto& a : high_bias.absorbed) {
     const auto s = stats.find(a.layer1);
     if (s == stats.end()) continue;

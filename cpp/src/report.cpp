@@ -88,6 +88,16 @@ json to_json(const ClsCandidates& r) {
   return json{{"sets", sets}, {"declined", declined_list(r.declined)}};
 }
 
+// The declines and the convergence of an iterated scaling pass (ClsResult, ClsRegionsResult).
+template <class SweepResult>
+static json with_sweep_stats(json out, const SweepResult& r) {
+  out["declined"] = declined_list(r.declined);
+  out["iterations"] = r.iterations;
+  out["converged"] = r.converged;
+  out["last_max_log_scale"] = std::isfinite(r.last_max_log_scale) ? json(r.last_max_log_scale) : json(nullptr);
+  return out;
+}
+
 static json edits_json(const std::vector<ActivationEdit>& edits) {
   json out = json::array();
   for (const auto& e : edits)
@@ -111,13 +121,7 @@ json to_json(const ClsResult& r) {
     }
     sets.push_back({{"layers", layers}, {"pairs", pairs}});
   }
-  return json{{"sets", sets},
-              {"activation_edits", edits_json(r.activation_edits)},
-              {"declined", declined_list(r.declined)},
-              {"iterations", r.iterations},
-              {"converged", r.converged},
-              {"last_max_log_scale", std::isfinite(r.last_max_log_scale) ? json(r.last_max_log_scale)
-                                                                         : json(nullptr)}};
+  return with_sweep_stats(json{{"sets", sets}, {"activation_edits", edits_json(r.activation_edits)}}, r);
 }
 
 json to_json(const ClsRegionCandidates& r) {
@@ -130,13 +134,7 @@ json to_json(const ClsRegionsResult& r) {
   json regions = json::array();
   for (const auto& g : r.regions)
     regions.push_back({{"sources", g.sources}, {"sinks", g.sinks}, {"nodes", g.nodes}, {"scale", numbers(g.scale)}});
-  return json{{"regions", regions},
-              {"activation_edits", edits_json(r.activation_edits)},
-              {"declined", declined_list(r.declined)},
-              {"iterations", r.iterations},
-              {"converged", r.converged},
-              {"last_max_log_scale", std::isfinite(r.last_max_log_scale) ? json(r.last_max_log_scale)
-                                                                         : json(nullptr)}};
+  return with_sweep_stats(json{{"regions", regions}, {"activation_edits", edits_json(r.activation_edits)}}, r);
 }
 
 json to_json(const HighBiasResult& r) {
