@@ -22,7 +22,6 @@ from prequant.keras import PrepareError, load_prepared_model, prepare_model, pre
 from prequant.keras.batch_norm_fold import fold_all_batch_norms
 from prequant.keras.cross_layer_equalization import equalize_model
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _minus_model(input_order=("a", "b")):
@@ -192,8 +191,11 @@ def test_prepared_and_equalized_models_load_in_a_fresh_process(tmp_path, helpers
         model.save(path)
         np.savez(data_path, x=x, y=np.asarray(model(x, training=False)))
         args += [str(path), str(data_path)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(REPO, "python"),
-                                                       os.environ.get("PYTHONPATH", "")]))
+    # The fresh process imports the same prequant as this one (installed, or a dev tree on
+    # PYTHONPATH), never the repository's python/ (which has no built extension in a clean clone).
+    import prequant
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(prequant.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, *args],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
