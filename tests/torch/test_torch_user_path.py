@@ -12,7 +12,7 @@ import torch
 
 from prequant import _core
 from prequant.torch.cross_layer_equalization import equalize_model
-from torch_cle_models import make_block, rel_err
+from torch_cle_models import make_block, randomize_bn, rel_err
 
 torch.manual_seed(0)
 
@@ -152,19 +152,6 @@ import torchvision  # noqa: E402
 from prequant.torch._engine_graph import build_engine_graph  # noqa: E402
 
 
-def _random_bn(model, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_var.copy_(10 ** (torch.rand(c, generator=gen) * 3 - 2))
-                m.running_mean.copy_(torch.randn(c, generator=gen))
-                m.weight.copy_(torch.randn(c, generator=gen))
-                m.bias.copy_(torch.randn(c, generator=gen))
-    return model.eval()
-
-
 def _chain(depth=40, channels=8):
     layers = []
     for _ in range(depth):
@@ -174,7 +161,7 @@ def _chain(depth=40, channels=8):
 
 def _scales(make, solve_chains, max_iterations):
     torch.manual_seed(0)
-    model = _random_bn(make())
+    model = randomize_bn(make()).eval()
     eg = build_engine_graph(model)
     _core.fold_batch_norms(eg.graph)
     result = _core.scale_model(eg.graph, max_iterations=max_iterations, tolerance=1e-10,

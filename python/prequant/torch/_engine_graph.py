@@ -33,6 +33,7 @@ from torch import nn
 
 from prequant import _core
 from prequant.torch.activations import BoundedReLU
+from prequant.torch.op_conversions.base import SHAPE_METHODS, find_size_nodes
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -192,7 +193,7 @@ def _translate(result: EngineGraph, fx_graph: torch.fx.Graph, input_ranks) -> No
     modules = dict(model.named_modules(remove_duplicate=False))
     result.module_names = {id(m): name for name, m in model.named_modules()}
     shared = _shared_state_reasons(fx_graph, modules)
-    shape_reads = _shape_reads(fx_graph)
+    shape_reads = find_size_nodes(fx_graph, SHAPE_METHODS)  # metadata reads: not data consumers
     ranks = _tensor_ranks(fx_graph, modules, input_ranks)
     calls: dict[str, int] = {}
     for node in fx_graph.nodes:
@@ -249,36 +250,6 @@ def input_ranks_of(dummy_input=None, input_shapes=None):
         shapes = input_shapes if isinstance(input_shapes[0], (tuple, list)) else [input_shapes]
         return [len(s) for s in shapes]
     return None
-
-
-# ---- shape reads (not data consumers) ----------------------------------------------------------
-
-# Methods and attributes that read a tensor's metadata, never its values (x.item() reads values).
-_SHAPE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement", "element_size", "stride",
-                            "storage_offset", "is_contiguous", "get_device", "is_floating_point",
-                            "is_complex"})
-_SHAPE_ATTRIBUTES = frozenset({"shape", "ndim", "dtype", "device", "is_cuda", "layout", "requires_grad",
-                               "is_quantized", "is_sparse", "names"})
-_SCALAR_MODULES = frozenset({"_operator", "operator", "math", "builtins"})
-
-
-def _shape_reads(fx_graph: torch.fx.Graph) -> set[torch.fx.Node]:
-    """Nodes whose value is metadata (``x.size()``, ``x.ndim``, ``len(x)``) or scalar arithmetic
-    on metadata only (``x.ndim == 4``, ``x.size(0) // 2``). One pass in graph order."""
-    found: set[torch.fx.Node] = set()
-    for node in fx_graph.nodes:
-        if node.op == "call_method" and node.target in _SHAPE_METHODS:
-            found.add(node)
-        elif node.op == "call_function" and node.target is getattr:
-            if len(node.args) > 1 and node.args[1] in _SHAPE_ATTRIBUTES:
-                found.add(node)
-        elif node.op == "call_function" and node.target is len:
-            found.add(node)
-        elif node.op == "call_function" and getattr(node.target, "__module__", None) in _SCALAR_MODULES:
-            inputs = node.all_input_nodes
-            if inputs and all(n in found for n in inputs):
-                found.add(node)
-    return found
 
 
 # ---- shared state -------------------------------------------------------------------------------

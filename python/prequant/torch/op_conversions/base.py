@@ -72,11 +72,13 @@ Register = Callable[..., None]
 # --------------------------------------------------------------------------------------
 
 # Methods and attributes that read tensor metadata rather than compute on values.
-METADATA_METHODS = frozenset(
+# Methods that read only a tensor's shape or other metadata, never its values.
+SHAPE_METHODS = frozenset(
     {"size", "dim", "ndimension", "numel", "nelement", "element_size", "stride",
-     "storage_offset", "is_contiguous", "item", "tolist", "get_device", "data_ptr",
-     "is_floating_point", "is_complex"}
+     "storage_offset", "is_contiguous", "get_device", "is_floating_point", "is_complex"}
 )
+# ... and what prepare_model also leaves as it is: item()/tolist() read values into Python.
+METADATA_METHODS = SHAPE_METHODS | {"item", "tolist", "data_ptr"}
 METADATA_ATTRIBUTES = frozenset(
     {"shape", "ndim", "dtype", "device", "is_cuda", "layout", "requires_grad",
      "is_quantized", "is_sparse", "names"}
@@ -92,9 +94,9 @@ _RANK_PRESERVING = (
 )
 
 
-def _is_metadata(node: fx.Node) -> bool:
+def _is_metadata(node: fx.Node, methods: frozenset = METADATA_METHODS) -> bool:
     if node.op == "call_method":
-        return node.target in METADATA_METHODS
+        return node.target in methods
     if node.op == "call_function":
         if node.target is getattr:
             return len(node.args) > 1 and node.args[1] in METADATA_ATTRIBUTES
@@ -110,12 +112,13 @@ def metadata_reason(node: fx.Node) -> Optional[str]:
     return "reads tensor metadata (sizes, rank), not a computation"
 
 
-def find_size_nodes(graph: fx.Graph) -> set[fx.Node]:
+def find_size_nodes(graph: fx.Graph, methods: frozenset = METADATA_METHODS) -> set[fx.Node]:
     """Nodes whose value is a size or other non-tensor metadata: ``x.size()``, ``x.shape``,
-    ``len(x)``, and indexing/arithmetic on those. One forward pass in graph order."""
+    ``len(x)``, and indexing/arithmetic on those. One forward pass in graph order. `methods`:
+    the tensor methods that count (SHAPE_METHODS leaves out item()/tolist(), which read values)."""
     sizes: set[fx.Node] = set()
     for node in graph.nodes:
-        if _is_metadata(node):
+        if _is_metadata(node, methods):
             sizes.add(node)
         elif node.op == "call_function" and getattr(node.target, "__module__", None) in _SCALAR_MODULES:
             inputs = node.all_input_nodes
