@@ -34,7 +34,6 @@ import contextlib
 import inspect
 import threading
 
-import numpy as np
 import tensorflow as tf
 import tf_keras
 from tf_keras.src.engine import base_layer as _base_layer
@@ -436,9 +435,3 @@ def _report(original, prepared, tracer) -> PrepareReport:
     custom = {type(l).__name__: type(l) for l in prepared.layers if not is_builtin_class(type(l))}
     return PrepareReport(layers, variables, custom, list(tracer.warnings))
 
-
-def max_output_difference(original, prepared, inputs) -> float:
-    """Largest |original(x) - prepared(x)| over all outputs, in inference (a check for tests and users)."""
-    a = tf.nest.flatten(original(inputs, training=False))
-    b = tf.nest.flatten(prepared(inputs, training=False))
-    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b))
