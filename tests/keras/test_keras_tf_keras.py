@@ -269,6 +269,35 @@ def test_custom_layer_with_own_weights_is_kept_opaque_with_its_reason(tfmot):
         tfmot.quantization.keras.quantize_model(prepared)
 
 
+class ArithmeticBlock(L.Layer):
+    """Raw TF arithmetic between sublayers, as PWC-Net-style blocks write it."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.a, self.b = L.Dense(4), L.Dense(4)
+
+    def call(self, x):
+        p, q = self.a(x), self.b(x)
+        return tf.concat([p - q, tf.maximum(p, q), tf.minimum(p, q), tf.nn.relu6(p * q),
+                          tf.add(p, q), tf.subtract(p, q), tf.nn.relu(p) + q], axis=1)
+
+
+def test_tf_ops_in_call_become_built_in_layers(tfmot):
+    x = tf_keras.Input((3,))
+    model = tf_keras.Model(x, ArithmeticBlock()(x))
+    prepared = prepare_model(model)
+    names = {type(layer).__name__ for layer in prepared.layers}
+    assert names == {"InputLayer", "Dense", "Subtract", "Maximum", "Minimum", "Multiply", "ReLU",
+                     "Add", "Concatenate"}, names
+    relu6 = [layer for layer in prepared.layers if isinstance(layer, L.ReLU) and layer.max_value is not None]
+    assert len(relu6) == 1 and float(relu6[0].max_value) == 6.0
+    _assert_same_output(model, prepared, _data((3,)))
+    # tfmot's default 8-bit scheme quantizes Add, Concatenate and ReLU (the nested cases above),
+    # not Subtract/Multiply/Maximum/Minimum: those need the user's QuantizeConfig (README).
+    with pytest.raises(RuntimeError, match="Multiply"):
+        tfmot.quantization.keras.quantize_model(prepared)
+
+
 def test_built_in_ops_it_cannot_map_stay_tf_op_layers_with_output_kept():
     x = tf_keras.Input((5,))
     y = L.Dense(5)(x)

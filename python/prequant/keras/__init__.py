@@ -9,7 +9,8 @@ After:  importing ``prequant.keras`` registers with Keras every layer class preq
         end's functions themselves are imported on first use. (``import prequant`` alone imports
         neither Keras nor TensorFlow.)
 
-Public API:
+Public API (prepare_model, fold_all_batch_norms and equalize_model also take a tf_keras (Keras 2)
+model and return a tf_keras model, for tfmot):
     prepare_model(original_model, input_layer=None, *, strict=False) -> keras.Model
     prepare_model_with_report(original_model, input_layer=None, *, strict=False)
         -> (keras.Model, PrepareReport)

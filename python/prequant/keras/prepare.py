@@ -84,6 +84,9 @@ def prepare_model(original_model, input_layer=None, *, strict: bool = False):
         strict: raise PrepareError instead of keeping a custom layer whose call() cannot be
             traced as one opaque layer.
 
+    A tf_keras (Keras 2) model (give ``tf_keras.Input`` as input_layer) is prepared by
+    ``_tf_keras_prepare`` into a tf_keras functional model that tfmot's ``quantize_model`` accepts.
+
     Returns:
         The prepared keras.Model; its ``prequant_report`` attribute holds the PrepareReport.
 
