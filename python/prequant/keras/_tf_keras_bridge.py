@@ -11,7 +11,8 @@ After:  the same graph in the other framework: one new layer per layer, made by 
 Preconditions: every layer is a built-in layer both frameworks have under the same class name
 (Conv*, Dense, DepthwiseConv*, BatchNormalization, ReLU, Add, Concatenate, pooling...), or a
 BoundedReLU (prequant's; this module defines its tf_keras twin). A config option one framework
-has and the other lacks is dropped only when it holds its neutral value (None, False, 0, 1, empty);
+has and the other lacks is dropped only when it holds its neutral value (None, False, 0, 1, empty)
+or acts in training only (an initializer, regularizer or constraint: the weights are copied);
 otherwise the conversion raises PrequantKerasError naming the layer and the option.
 The walk is iterative over the model's nodes in Keras' execution order.
 """
@@ -30,6 +31,7 @@ from prequant.keras.activations import BoundedReLU
 
 _SHAPE_KEYS = {"input_shape", "batch_input_shape", "batch_size", "input_dim"}
 _NEUTRAL = (None, False, 0, 1, "", (), [], {})
+_TRAINING_ONLY = ("_initializer", "_regularizer", "_constraint")  # weights are copied: no effect on the output
 
 
 @tf_keras.saving.register_keras_serializable(package="prequant")
@@ -75,17 +77,17 @@ def _accepted_keys(cls) -> set:
     return keys
 
 
-def _target_class(layer, to_tf_keras: bool):
+def _target_class(layer, into_tf_keras: bool):
     name = type(layer).__name__
-    if to_tf_keras and isinstance(layer, BoundedReLU):
+    if into_tf_keras and isinstance(layer, BoundedReLU):
         return TFKerasBoundedReLU
-    if not to_tf_keras and isinstance(layer, TFKerasBoundedReLU):
+    if not into_tf_keras and isinstance(layer, TFKerasBoundedReLU):
         return BoundedReLU
     module = (type(layer).__module__ or "")
-    builtin = module.startswith("tf_keras.") if not to_tf_keras else (module == "keras" or module.startswith("keras."))
-    target = getattr((tf_keras if to_tf_keras else keras).layers, name, None)
+    builtin = module.startswith("tf_keras.") if not into_tf_keras else (module == "keras" or module.startswith("keras."))
+    target = getattr((tf_keras if into_tf_keras else keras).layers, name, None)
     if not builtin or not isinstance(target, type):
-        where = "tf_keras" if to_tf_keras else "Keras 3"
+        where = "tf_keras" if into_tf_keras else "Keras 3"
         raise PrequantKerasError(
             f"layer '{layer.name}' ({name}) has no {where} counterpart, so the tf_keras model cannot "
             f"go through the Keras 3 engine front end. Fix: run prequant.keras.prepare_model(model) "
@@ -104,10 +106,10 @@ def _convert_config(layer, target) -> dict:
         config["axis"] = axis[0]  # tf_keras keeps BN's axis as a list, Keras 3 as an int
     for key, value in list(config.items()):
         if key.endswith("_initializer") and isinstance(value, dict):
-            config[key] = _convert_initializer(value, to_tf_keras=target.__module__.startswith("tf_keras"))
+            config[key] = _convert_initializer(value, into_tf_keras=target.__module__.startswith("tf_keras"))
     accepted = _accepted_keys(target)
     for key in list(config):
-        if key in _SHAPE_KEYS or (key not in accepted and config[key] in _NEUTRAL):
+        if key in _SHAPE_KEYS or (key not in accepted and (config[key] in _NEUTRAL or key.endswith(_TRAINING_ONLY))):
             del config[key]
         elif key not in accepted:
             raise PrequantKerasError(
@@ -116,10 +118,10 @@ def _convert_config(layer, target) -> dict:
     return config
 
 
-def _convert_initializer(value: dict, to_tf_keras: bool):
+def _convert_initializer(value: dict, into_tf_keras: bool):
     """An initializer's config with only the arguments the target's class takes (the weights are
     copied anyway; the initializer matters only if the user re-initializes), None if it has none."""
-    cls = getattr((tf_keras if to_tf_keras else keras).initializers, value.get("class_name", ""), None)
+    cls = getattr((tf_keras if into_tf_keras else keras).initializers, value.get("class_name", ""), None)
     if not isinstance(cls, type):
         return None
     params = set(inspect.signature(cls.__init__).parameters)
@@ -127,20 +129,20 @@ def _convert_initializer(value: dict, to_tf_keras: bool):
             "config": {k: v for k, v in value.get("config", {}).items() if k in params}}
 
 
-def _new_layer(layer, to_tf_keras: bool):
-    target = _target_class(layer, to_tf_keras)
+def _new_layer(layer, into_tf_keras: bool):
+    target = _target_class(layer, into_tf_keras)
     config = _convert_config(layer, target)
     try:
         return target.from_config(config)
     except Exception as err:
         raise PrequantKerasError(
             f"layer '{layer.name}' ({type(layer).__name__}) cannot be rebuilt in "
-            f"{'tf_keras' if to_tf_keras else 'Keras 3'} from its config: {err}") from err
+            f"{'tf_keras' if into_tf_keras else 'Keras 3'} from its config: {err}") from err
 
 
-def _input_like(tensor, name, to_tf_keras: bool):
+def _input_like(tensor, name, into_tf_keras: bool):
     shape, dtype = tuple(tensor.shape), tf.as_dtype(tensor.dtype).name
-    if to_tf_keras:
+    if into_tf_keras:
         return tf_keras.Input(batch_size=shape[0], shape=shape[1:], dtype=dtype, name=name)
     return keras.Input(batch_shape=shape, dtype=dtype, name=name)
 
@@ -150,15 +152,15 @@ def _nodes(model):
     return [n for d in sorted(by_depth, reverse=True) for n in by_depth[d] if not n.is_input]
 
 
-def _convert(model, to_tf_keras: bool):
-    """The walk shared by both directions; ``to_tf_keras`` says which way."""
-    source_is_k3 = to_tf_keras
+def _convert(model, into_tf_keras: bool):
+    """The walk shared by both directions; ``into_tf_keras`` says which way."""
+    source_is_k3 = into_tf_keras
     inputs = list(model.inputs)
     values = {}
     new_inputs = []
     for x in inputs:
         producer = x._keras_history.operation if source_is_k3 else x._keras_history.layer
-        new = _input_like(x, producer.name, to_tf_keras)
+        new = _input_like(x, producer.name, into_tf_keras)
         values[id(x)] = new
         new_inputs.append(new)
     made = {}
@@ -176,7 +178,7 @@ def _convert(model, to_tf_keras: bool):
             outs = tf.nest.flatten(node.outputs)
         fresh = id(layer) not in made
         if fresh:
-            made[id(layer)] = _new_layer(layer, to_tf_keras)
+            made[id(layer)] = _new_layer(layer, into_tf_keras)
         new = made[id(layer)]
         result = new(*args, **kwargs)
         if fresh:  # built by the call: now it has weights to receive
@@ -184,27 +186,27 @@ def _convert(model, to_tf_keras: bool):
             if len(source_weights) != len(new.weights):
                 raise PrequantKerasError(
                     f"layer '{layer.name}' ({type(layer).__name__}) has {len(source_weights)} weights but "
-                    f"its {'tf_keras' if to_tf_keras else 'Keras 3'} copy has {len(new.weights)}")
+                    f"its {'tf_keras' if into_tf_keras else 'Keras 3'} copy has {len(new.weights)}")
             new.set_weights(source_weights)
         for original, converted in zip(outs, tf.nest.flatten(result)):
             values[id(original)] = converted
     outputs = [values[id(x)] for x in model.outputs]
-    make = tf_keras.Model if to_tf_keras else keras.Model
+    make = tf_keras.Model if into_tf_keras else keras.Model
     out_struct = outputs[0] if len(outputs) == 1 else outputs
     in_struct = new_inputs[0] if len(new_inputs) == 1 else new_inputs
     return make(inputs=in_struct, outputs=out_struct, name=model.name)
 
 
-def to_keras3(model):
+def convert_to_keras3(model):
     """The tf_keras functional (or built Sequential) ``model`` as a Keras 3 functional model."""
     if not getattr(model, "_is_graph_network", False):
         raise PrequantKerasError(
             f"{type(model).__name__} '{model.name}' is a subclassed tf_keras model: its layers are "
             f"connected by Python code. Fix: run prequant.keras.prepare_model(model, input_layer="
             f"tf_keras.Input(...)) first, which returns a tf_keras functional model")
-    return _convert(model, to_tf_keras=False)
+    return _convert(model, into_tf_keras=False)
 
 
-def to_tf_keras(model):
+def convert_to_tf_keras(model):
     """The Keras 3 functional ``model`` (built-in layers and BoundedReLU) as a tf_keras model."""
-    return _convert(model, to_tf_keras=True)
+    return _convert(model, into_tf_keras=True)
