@@ -245,6 +245,19 @@ def test_equalize_model_on_tf_keras_keeps_output_and_scales(build, relu6):
         assert ("TFKerasBoundedReLU" in names) == (relu6 == "bound"), names
 
 
+def test_equalized_tf_keras_model_saves_and_loads(tmp_path):
+    import prequant.keras
+
+    model = _chain()
+    equalized = equalize_model(model)  # relu6='bound': holds a TFKerasBoundedReLU
+    path = str(tmp_path / "equalized.keras")
+    equalized.save(path)
+    loaded = tf_keras.models.load_model(
+        path, custom_objects={"TFKerasBoundedReLU": prequant.keras.TFKerasBoundedReLU})
+    assert any(type(layer).__name__ == "TFKerasBoundedReLU" for layer in loaded.layers)
+    _assert_same_output(model, loaded, _data((10, 10, 3)))
+
+
 def test_prepare_equalize_quantize_the_nested_model_end_to_end(tfmot):
     model = nested_twice()
     data = _data((12, 12, 8))

@@ -26,6 +26,7 @@ model and return a tf_keras model, for tfmot):
     replace_relu6_with_relu(model) -> (new_model, ActivationResult)
     CrossLayerScaling, HighBiasFold, ClsSetInfo, ClsSetLayerPairInfo
     BoundedReLU: the per-channel bounded ReLU that replaces a ReLU6 after scaling
+    TFKerasBoundedReLU: its tf_keras twin (in equalized tf_keras models)
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ _LAZY_EXPORTS = {
     "ClsSetInfo": ".cross_layer_equalization",
     "ClsSetLayerPairInfo": ".cross_layer_equalization",
     "BoundedReLU": ".activations",
+    "TFKerasBoundedReLU": "._tf_keras_bridge",  # imports tf_keras: only on first use
 }
 
 __all__ = sorted(_LAZY_EXPORTS)
