@@ -324,6 +324,34 @@ def test_tf_ops_in_call_become_built_in_layers(tfmot):
         tfmot.quantization.keras.quantize_model(prepared)
 
 
+class ScaledModel(tf_keras.Model):
+    """A subclassed model with a weight of its own: kept whole, called through tf_keras itself."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = L.Dense(4)
+
+    def build(self, input_shape):
+        self.gain = self.add_weight(name="gain", shape=(4,), initializer="ones")
+        super().build(input_shape)
+
+    def call(self, x):
+        return self.dense(x) * self.gain
+
+
+def test_nested_subclassed_model_with_own_weights_is_kept_whole():
+    x = tf_keras.Input((3,))
+    inner = ScaledModel(name="scaled_model")
+    model = tf_keras.Model(x, L.Dense(2)(inner(x)))
+    _randomize(model)
+    inner.gain.assign([0.5, -1.0, 2.0, 3.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared, report = prepare_model_with_report(model)
+    assert [r.name for r in report.opaque_layers] == ["scaled_model"], report.summary()
+    _assert_same_output(model, prepared, _data((3,)))
+
+
 def test_built_in_ops_it_cannot_map_stay_tf_op_layers_with_output_kept():
     x = tf_keras.Input((5,))
     y = L.Dense(5)(x)

@@ -131,12 +131,21 @@ def builtin_layer_for_op(function, args, kwargs, name):
 
 # ---- interception -------------------------------------------------------------------------
 
-def _intercepted_call(layer, *args, **kwargs):
-    tracer = getattr(_state, "tracer", None)
-    if tracer is None or tracer.passthrough:
-        original = _ORIGINAL_MODEL_CALL if isinstance(layer, _training.Model) else _ORIGINAL_LAYER_CALL
-        return original(layer, *args, **kwargs)
-    return tracer.call_layer(layer, args, kwargs)
+def _intercepting(original):
+    """``original`` (Layer.__call__ or Model.__call__) routed to this thread's tracer; each keeps
+    its own fallback, since Model.__call__ ends in super().__call__, the intercepted Layer's."""
+
+    def intercepted_call(layer, *args, **kwargs):
+        tracer = getattr(_state, "tracer", None)
+        if tracer is None or tracer.passthrough:
+            return original(layer, *args, **kwargs)
+        return tracer.call_layer(layer, args, kwargs)
+
+    return intercepted_call
+
+
+_INTERCEPTED_LAYER_CALL = _intercepting(_ORIGINAL_LAYER_CALL)
+_INTERCEPTED_MODEL_CALL = _intercepting(_ORIGINAL_MODEL_CALL)
 
 
 @contextlib.contextmanager
@@ -144,8 +153,8 @@ def _interception_installed():
     global _install_count
     with _install_lock:
         if _install_count == 0:
-            _base_layer.Layer.__call__ = _intercepted_call
-            _training.Model.__call__ = _intercepted_call
+            _base_layer.Layer.__call__ = _INTERCEPTED_LAYER_CALL
+            _training.Model.__call__ = _INTERCEPTED_MODEL_CALL
         _install_count += 1
     try:
         yield
@@ -241,10 +250,10 @@ class TFKerasTracer:
         if self.strict:
             raise PrepareError(
                 reason, layer_name=layer.name,
-                fix="tfmot cannot quantize a custom layer without a QuantizeConfig: move its own "
-                "weights into built-in sublayers (e.g. a Dense or Conv2D), or call "
-                "prepare_model(strict=False) to keep this layer whole and annotate it with "
-                "tfmot.quantization.keras.quantize_annotate_layer(layer, quantize_config).")
+                fix="tfmot cannot quantize a custom layer without a QuantizeConfig: write its call() "
+                "with built-in sublayers (its weights in e.g. a Dense or Conv2D) and TF ops on its "
+                "inputs only, or call prepare_model(strict=False) to keep this layer whole and "
+                "annotate it with tfmot.quantization.keras.quantize_annotate_layer(layer, quantize_config).")
         self.warnings.append(f"layer '{layer.name}' kept opaque: {reason}")
         name = self._name_for_use(layer)
         try:
