@@ -352,12 +352,16 @@ def test_nested_subclassed_model_with_own_weights_is_kept_whole():
     _assert_same_output(model, prepared, _data((3,)))
 
 
-def test_built_in_ops_it_cannot_map_stay_tf_op_layers_with_output_kept():
+def test_built_in_ops_it_cannot_map_stay_tf_op_layers_with_output_kept(tfmot):
     x = tf_keras.Input((5,))
     y = L.Dense(5)(x)
     model = tf_keras.Model(x, tf.reduce_mean(y, axis=-1, keepdims=True) * 2.0 + y)
     prepared = prepare_model(model)
+    kinds = [type(layer).__name__ for layer in prepared.layers]
+    assert kinds == ["InputLayer", "Dense", "TFOpLambda", "TFOpLambda", "Add"], kinds
     _assert_same_output(model, prepared, _data((5,)))
+    with pytest.raises(RuntimeError, match="reduce_mean.*QuantizeConfig"):  # tfmot's limit (README)
+        tfmot.quantization.keras.quantize_model(prepared)
 
 
 def _entry_points_still_keras3_only(model, tmp_path):

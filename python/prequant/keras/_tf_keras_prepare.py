@@ -10,8 +10,8 @@ After:  ``tf_keras.Model(inputs, outputs)`` in which every layer is used once an
           reuse is unrolled into independent layers holding equal weights);
         - a built-in layer standing for a TensorFlow op: Add, Subtract, Multiply, Maximum,
           Minimum, Concatenate, ReLU (``tf.nn.relu6`` as ``ReLU(6)``) where the layer computes
-          exactly what the op did; other ops stay TFOpLambda layers (tfmot leaves those
-          unquantized);
+          exactly what the op did; other ops stay TFOpLambda layers (tfmot's quantize_model
+          needs the user's QuantizeConfig for those);
         - a custom layer kept whole ("opaque", with the reason in the report) when it holds
           weights of its own (``self.add_weight``) or its call() cannot run on symbolic
           tensors. tfmot cannot quantize such a layer without a QuantizeConfig.
