@@ -23,6 +23,11 @@ python3 -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 # (it names `tensorflow`, and tensorflow-cpu is that package under another name).
 tf_minor=$(python3 -c "import importlib.metadata as m; print('.'.join(m.version('tensorflow-cpu').split('.')[:2]))")
 python3 -m pip install -q --disable-pip-version-check --no-deps "tf-keras~=${tf_minor}.0"
+# tensorflow-model-optimization (tfmot, for the tf_keras tests: quantize_model on prepared models),
+# no dependencies for the same reason (it requires tf-keras, hence `tensorflow`), and it pins
+# absl-py~=1.2, older than TensorFlow's; it runs with TensorFlow's. Its other dependencies
+# (dm-tree, mock) are in requirements-dev.txt.
+python3 -m pip install -q --disable-pip-version-check --no-deps "tensorflow-model-optimization>=0.8"
 
 echo "==> pip install . (builds the engine, the tool and the extension)"
 python3 -m pip install -q --disable-pip-version-check --no-build-isolation .

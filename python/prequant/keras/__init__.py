@@ -9,7 +9,8 @@ After:  importing ``prequant.keras`` registers with Keras every layer class preq
         end's functions themselves are imported on first use. (``import prequant`` alone imports
         neither Keras nor TensorFlow.)
 
-Public API:
+Public API (prepare_model, fold_all_batch_norms and equalize_model also take a tf_keras (Keras 2)
+model and return a tf_keras model, for tfmot):
     prepare_model(original_model, input_layer=None, *, strict=False) -> keras.Model
     prepare_model_with_report(original_model, input_layer=None, *, strict=False)
         -> (keras.Model, PrepareReport)
@@ -25,6 +26,7 @@ Public API:
     replace_relu6_with_relu(model) -> (new_model, ActivationResult)
     CrossLayerScaling, HighBiasFold, ClsSetInfo, ClsSetLayerPairInfo
     BoundedReLU: the per-channel bounded ReLU that replaces a ReLU6 after scaling
+    TFKerasBoundedReLU: its tf_keras twin (in equalized tf_keras models)
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ _LAZY_EXPORTS = {
     "ClsSetInfo": ".cross_layer_equalization",
     "ClsSetLayerPairInfo": ".cross_layer_equalization",
     "BoundedReLU": ".activations",
+    "TFKerasBoundedReLU": "._tf_keras_bridge",  # imports tf_keras: only on first use
 }
 
 __all__ = sorted(_LAZY_EXPORTS)

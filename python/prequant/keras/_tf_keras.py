@@ -1,9 +1,12 @@
-"""Recognize a tf_keras (Keras 2) model, so that the Keras 3 front end can say what it is.
+"""Recognize a tf_keras (Keras 2) model: route it, or say why an entry point refuses it.
 
-Before: a tf_keras model given to prepare_model, equalize_model or write_report was refused
-        with a misleading reason ("expected a keras.Model, got Functional", "subclassed").
-After:  ``tf_keras_message(obj)`` names the model as a tf_keras (Keras 2) model and says what to
-        do; each entry point raises its own typed error with it.
+Before: a tf_keras model given to the Keras 3 front end was refused with a misleading reason
+        ("expected a keras.Model, got Functional", "subclassed").
+After:  prepare_model, fold_all_batch_norms and equalize_model send it to their tf_keras paths
+        (_tf_keras_prepare, _tf_keras_cle) and return tf_keras models; every other entry point
+        (write_report, the in-place CrossLayerScaling / HighBiasFold API, fold_given_batch_norms,
+        find_batch_norm_folds, replace_relu6_with_relu) raises its own typed error with
+        ``tf_keras_message(obj)``, which names the model as tf_keras and says what to do.
 
 Detection is by the defining module of the object's classes (``tf_keras.*``, and the Keras 2
 copy inside old TensorFlow, ``tensorflow.python.keras.*``), so it needs neither tf_keras nor
@@ -26,7 +29,8 @@ def tf_keras_message(obj, what: str) -> str:
     name = getattr(obj, "name", None)
     label = f"{type(obj).__name__} '{name}'" if isinstance(name, str) else type(obj).__name__
     return (
-        f"{what}: {label} is a tf_keras (Keras 2) model; prequant.keras works on Keras 3 models "
-        f"(the `keras` package, `tf.keras` in TensorFlow >= 2.16) and does not support tf_keras yet. "
-        f"Fix: build the model with Keras 3 and load its weights (model.save_weights / "
-        f"load_weights), or export it to ONNX and use prequant.onnx")
+        f"{what}: {label} is a tf_keras (Keras 2) model; this entry point works on Keras 3 models "
+        f"(the `keras` package, `tf.keras` in TensorFlow >= 2.16) only. For tf_keras, "
+        f"prequant.keras.prepare_model, fold_all_batch_norms and equalize_model take the model and "
+        f"return tf_keras models. Fix: use those, or build the model with Keras 3 and load its "
+        f"weights (model.save_weights / load_weights), or export it to ONNX and use prequant.onnx")

@@ -33,6 +33,7 @@ from prequant.keras._engine_graph import (
     build_model,
     warn_fused_activation_before_bn,
 )
+from prequant.keras._tf_keras import is_tf_keras_object
 
 __all__ = ["fold_all_batch_norms", "fold_given_batch_norms", "find_batch_norm_folds"]
 
@@ -54,7 +55,12 @@ def fold_all_batch_norms(model: keras.Model, *, return_result: bool = False):
     returns ``(pairs, new_model, FoldResult)``, whose ``explain()`` lists every BN that stayed
     and why: AIMET's return value with the engine's result last, as in every front end (PyTorch
     folds in place and returns ``(pairs, result)``; ONNX returns ``(proto, result)``).
+    A tf_keras (Keras 2) functional model gives a tf_keras model back (``_tf_keras_cle``).
     """
+    if is_tf_keras_object(model):
+        from prequant.keras._tf_keras_cle import fold_all_batch_norms_tf_keras
+
+        return fold_all_batch_norms_tf_keras(model, return_result=return_result)
     eg = build_engine_graph(model)
     result = _core.fold_batch_norms(eg.graph)
     pairs, new_model = _apply(eg, result)

@@ -65,6 +65,7 @@ from prequant.keras._engine_graph import (
     layer_weight,
     warn_fused_activation_before_bn,
 )
+from prequant.keras._tf_keras import is_tf_keras_object
 from prequant.keras.batch_norm_fold import folded_before
 
 __all__ = [
@@ -313,7 +314,17 @@ def equalize_model(model: keras.Model, *, relu6: str = "bound", max_iterations: 
 
     ``bias_correction=True`` adds analytic bias correction (DFQ §4.2) for the weight quantizer
     ``bias_correction_bits`` / ``_per_channel`` / ``_symmetric``: it changes the FP32 output on
-    purpose, to cancel the mean shift weight quantization causes (``result.bias_correction``)."""
+    purpose, to cancel the mean shift weight quantization causes (``result.bias_correction``).
+
+    A tf_keras (Keras 2) functional model gives a tf_keras model back (``_tf_keras_cle``)."""
+    if is_tf_keras_object(model):
+        from prequant.keras._tf_keras_cle import equalize_tf_keras_model
+
+        return equalize_tf_keras_model(
+            model, relu6=relu6, max_iterations=max_iterations, absorb_high_bias=absorb_high_bias,
+            return_result=return_result, bias_correction=bias_correction,
+            bias_correction_bits=bias_correction_bits, bias_correction_per_channel=bias_correction_per_channel,
+            bias_correction_symmetric=bias_correction_symmetric, regions=regions)
     eg = build_engine_graph(model)
     result = _core.equalize_model(eg.graph, relu6=relu6, max_iterations=max_iterations,
                                   absorb_high_bias=absorb_high_bias, bias_correction=bias_correction,

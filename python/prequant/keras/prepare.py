@@ -49,7 +49,7 @@ from ._prepare_graph import bind_by_name, expand_graph_model, input_name
 from ._prepare_layer_kinds import LayerKind, classify
 from ._prepare_report import PrepareReport, build_report
 from ._prepare_tracer import Tracer
-from ._tf_keras import is_tf_keras_object, tf_keras_message
+from ._tf_keras import is_tf_keras_object
 
 __all__ = [
     "load_prepared_model",
@@ -84,6 +84,9 @@ def prepare_model(original_model, input_layer=None, *, strict: bool = False):
         strict: raise PrepareError instead of keeping a custom layer whose call() cannot be
             traced as one opaque layer.
 
+    A tf_keras (Keras 2) model (give ``tf_keras.Input`` as input_layer) is prepared by
+    ``_tf_keras_prepare`` into a tf_keras functional model that tfmot's ``quantize_model`` accepts.
+
     Returns:
         The prepared keras.Model; its ``prequant_report`` attribute holds the PrepareReport.
 
@@ -97,9 +100,13 @@ def prepare_model(original_model, input_layer=None, *, strict: bool = False):
 
 def prepare_model_with_report(original_model, input_layer=None, *, strict: bool = False):
     """As prepare_model, returning ``(prepared_model, PrepareReport)``."""
-    if is_tf_keras_object(original_model):
-        raise PrepareError(tf_keras_message(original_model, "prepare_model"),
-                           layer_name=getattr(original_model, "name", None))
+    if is_tf_keras_object(original_model):  # Keras 2: its own tracer, a tf_keras model back
+        from ._tf_keras_prepare import prepare_tf_keras_model
+
+        prepared, report = prepare_tf_keras_model(original_model, input_layer, strict=strict)
+        for message in report.warnings:
+            warnings.warn(f"prepare_model: {message}", stacklevel=2)
+        return prepared, report
     if not isinstance(original_model, keras.Model):
         raise PrepareError(f"expected a keras.Model, got {type(original_model).__name__}",
                            fix="wrap the layer in a keras.Model, or pass the model itself.")
