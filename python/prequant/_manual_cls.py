@@ -3,8 +3,8 @@
 AIMET's step-by-step API hands over layers, not a model: ``CrossLayerScaling.scale_cls_sets(sets)``
 and ``HighBiasFold.bias_fold(infos, bn_layers)``. This module turns such calls into engine calls:
 
-- ``ChainGraph``: an engine graph holding only the given layers, each chain's layers connected in
-  order (adjacency is then the caller's promise, as in AIMET);
+- ``ChainGraph``: an engine graph holding only the given layers, connected along the chains by the
+  engine's ``connect_layer_chains`` (adjacency is then the caller's promise, as in AIMET);
 - ``bias_fold``: which pairs go to the engine's ``absorb_high_bias`` with which BN statistics, on the
   model's own graph when the pairs came from ``scale_model`` (so what sits between is known) and on a
   chain graph otherwise;
@@ -16,9 +16,9 @@ The decisions (is a pair absorbable, how much moves, why a pair is declined) are
 supplies only the translation of its layer objects, as two small adapters:
 
 ``ChainLayers`` (one per chain graph): ``node_name(layer, index, taken)`` a name unique in the graph;
-``describe(layer)`` for messages; ``add_layer(graph, name, layer, inp, out)`` adds the layer's
-weight/bias views, layout, kind and padding (raising InvalidRequestError for a layer CLS cannot
-hold); ``write_back(graph, layers, bias_added)`` writes the engine's changes to the layer objects.
+``add_layer(graph, name, layer, inp, out)`` adds the layer's weight/bias views, layout, kind and
+padding (raising InvalidRequestError for a layer CLS cannot hold); ``write_back(graph, layers,
+bias_added)`` writes the engine's changes to the layer objects.
 
 ``ModelLayers`` (one per model): ``graph``; ``name_of(layer)`` the node of a layer's first call or
 None; ``apply_high_bias(result)`` writes what absorption changed; ``bn_stats(layer, bn)`` the
@@ -29,7 +29,6 @@ parameters, folded before `layer`). The chain adapter has the same ``bn_stats``.
 from __future__ import annotations
 
 import weakref
-from collections import deque
 from typing import Callable, Sequence
 
 from prequant import _core
@@ -39,43 +38,22 @@ from prequant._cls_info import ClsSetInfo, ClsSetLayerPairInfo
 
 
 class ChainGraph:
-    """An engine graph holding only the given layers, each chain's layers connected in order."""
+    """An engine graph holding only the given layers, each chain's layers connected in order
+    (the engine's connect_layer_chains decides the order and refuses a layer feeding two)."""
 
     def __init__(self, layer_chains: Sequence[Sequence], adapter):
         self.adapter = adapter
         self.names: dict[int, str] = {}
         self.layers: dict[str, object] = {}
+        self.graph = _core.Graph()
         for chain in layer_chains:
             for layer in chain:
                 if id(layer) not in self.names:
                     name = adapter.node_name(layer, len(self.layers), self.layers)
                     self.names[id(layer)] = name
                     self.layers[name] = layer
-        successor: dict[str, str] = {}
-        predecessor: dict[str, str] = {}
-        for chain in layer_chains:
-            for a, b in zip(chain, chain[1:]):
-                na, nb_ = self.names[id(a)], self.names[id(b)]
-                for table, key, value, what in ((successor, na, nb_, "feeds"), (predecessor, nb_, na, "is fed by")):
-                    if table.get(key, value) != value:
-                        raise _core.InvalidRequestError(
-                            f"{adapter.describe(a)} {what} two different layers in the given CLS sets; a "
-                            f"layer's output can be scaled for one consumer only")
-                    table[key] = value
-        order, ready = [], deque(n for n in self.layers if n not in predecessor)
-        while ready:  # Kahn's order: every layer after the one feeding it
-            n = ready.popleft()
-            order.append(n)
-            if n in successor:
-                ready.append(successor[n])
-        if len(order) != len(self.layers):
-            raise _core.InvalidRequestError("the given CLS sets connect their layers in a cycle")
-        self.graph = _core.Graph()
-        for n in order:
-            inp = f"{predecessor[n]}:out" if n in predecessor else f"{n}:in"
-            adapter.add_layer(self.graph, n, self.layers[n], inp, f"{n}:out")
-        self.graph.graph_inputs = [f"{n}:in" for n in order if n not in predecessor]
-        self.graph.graph_outputs = [f"{n}:out" for n in order if n not in successor]
+                    adapter.add_layer(self.graph, name, layer, f"{name}:in", f"{name}:out")
+        _core.connect_layer_chains(self.graph, [[self.names[id(layer)] for layer in chain] for chain in layer_chains])
 
     def name_of(self, layer) -> str | None:
         return self.names.get(id(layer))

@@ -616,6 +616,19 @@ def test_manual_sets_bias_fold_matches_the_3_sigma_rule():
     assert rel_err(run(folded, x), run(expected, x)) < 1e-5
 
 
+def test_manual_sets_that_no_chain_can_hold_are_refused_unchanged():
+    """Without a model the given sets are connected by the engine (connect_layer_chains): a layer
+    fed by two different layers, or a cycle, is refused before any weight changes."""
+    _, folded = fold_all_batch_norms(mobile_block(relu6=False))
+    g = folded.get_layer
+    before = weights_of(folded)
+    with pytest.raises(prequant.InvalidRequestError, match="Conv2D 'conv4' is fed by two different layers"):
+        CrossLayerScaling.scale_cls_sets([(g("pw"), g("conv4")), (g("dw"), g("conv4"))])
+    with pytest.raises(prequant.InvalidRequestError, match="in a cycle"):
+        CrossLayerScaling.scale_cls_sets([(g("pw"), g("conv4")), (g("conv4"), g("pw"))])
+    assert_bit_identical(before, folded)
+
+
 def test_high_bias_gives_a_bias_in_place_and_ignores_bns_folded_before():
     x = inp = keras.Input((8, 8, 3))
     x = L.BatchNormalization(name="bn1")(L.Conv2D(6, 3, name="c1")(x))

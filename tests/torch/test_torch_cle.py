@@ -227,6 +227,20 @@ def test_manual_scale_cls_sets_and_info_list():
     assert len(infos[0].cls_pair_info_list) == 2 and len(infos[1].cls_pair_info_list) == 1
 
 
+def test_manual_sets_that_no_chain_can_hold_are_refused_unchanged():
+    """Without a model the given sets are connected by the engine (connect_layer_chains): a layer
+    feeding two different layers, or a cycle, is refused before any weight changes."""
+    model = make_block()
+    fold_all_batch_norms(model)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(_core.InvalidRequestError, match="Conv2d 'layer1' feeds two different layers"):
+        CrossLayerScaling.scale_cls_sets([(model.conv1, model.dw), (model.dw, model.pw), (model.dw, model.conv4)])
+    with pytest.raises(_core.InvalidRequestError, match="in a cycle"):
+        CrossLayerScaling.scale_cls_sets([(model.pw, model.conv4), (model.conv4, model.pw)])
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
 def test_manual_scale_checks_against_model():
     model = make_block()
     fold_all_batch_norms(model)

@@ -93,10 +93,6 @@ class _ChainLayers:
             name = f"{name}#{len(taken)}"
         return name
 
-    @staticmethod
-    def describe(layer) -> str:
-        return f"{type(layer).__name__} '{layer.name}'"
-
     def _copy(self, name, role, variable, view_shape=None):
         array = np.array(variable.numpy(), copy=True, order="C")
         self.params[(name, role)] = Param(variable, array)

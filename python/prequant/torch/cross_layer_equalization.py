@@ -62,10 +62,6 @@ class _ChainLayers:
         return f"layer{index}"
 
     @staticmethod
-    def describe(module: nn.Module) -> str:
-        return type(module).__name__
-
-    @staticmethod
     def add_layer(g: _core.Graph, name: str, m: nn.Module, inp: str, out: str) -> None:
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             layout, kind = (0, 1, m.groups, False), "conv"
