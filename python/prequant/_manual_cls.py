@@ -22,8 +22,9 @@ bias_added)`` writes the engine's changes to the layer objects.
 
 ``ModelLayers`` (one per model): ``graph``; ``name_of(layer)`` the node of a layer's first call or
 None; ``apply_high_bias(result)`` writes what absorption changed; ``bn_stats(layer, bn)`` the
-(γ, β) of a BN folded after `layer`, or None if `bn` is no such BN (not a batch norm, no affine
-parameters, folded before `layer`). The chain adapter has the same ``bn_stats``.
+(γ, β) of `bn` as float64 arrays, or None if it has none to give (not a batch norm, no affine
+parameters); whether it was folded before `layer` is decided here. ChainGraph offers the same
+interface (its ``bn_stats`` is the ChainLayers'), so bias_fold treats both alike.
 """
 
 from __future__ import annotations
