@@ -223,6 +223,24 @@ void bind_passes(nb::module_& m) {
       "source range is balanced against the largest sink range.");
 
   m.def(
+      "connect_layer_chains",
+      [](const PyGraph& g, nb::handle chains) {
+        std::vector<std::vector<std::string>> names;
+        for (nb::handle chain : items_of(chains, "chains")) {
+          auto& out = names.emplace_back();
+          for (nb::handle layer : items_of(chain, "a chain")) {
+            if (!nb::isinstance<nb::str>(layer))
+              throw InvalidRequestError("each chain is a list of layer names, got " + python_type_name(layer) + ".");
+            out.push_back(nb::cast<std::string>(layer));
+          }
+        }
+        run_without_gil(g, [&](Graph& graph) { connect_layer_chains(graph, names); });
+      },
+      "graph"_a, "chains"_a,
+      "Connects the graph's layers (each reading a tensor of its own) along the given chains of layer names, in "
+      "order: the graph of a user's CLS sets when no model is given.");
+
+  m.def(
       "absorb_high_bias",
       [](const PyGraph& g, nb::handle cls_sets, nb::handle bn_stats, double sigmas) {
         auto sets = cls_results_of(cls_sets);

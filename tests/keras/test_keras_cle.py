@@ -54,6 +54,25 @@ def rel_err(a, b) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
 
+def absorb_high_bias_by_hand(l1, l2, gamma, beta, scale, relu_between, bounded=None, sigmas=3.0):
+    """High-bias absorption computed independently of the engine (DFQ's 3σ rule, as the GUIDE states
+    it), applied in place to a Conv/Dense `l2` (kernel ..., I, O); returns the amount c.
+
+    γ' = γ/s, β' = β/s; c = max(0, β' − 3|γ'|) with a ReLU between, else β'; a per-channel bound
+    between (BoundedReLU) caps c and is lowered by it; b1 −= c, b2 += c·(Σ_k W2[k, :, :])."""
+    gamma = np.asarray(gamma, "float64") / np.asarray(scale, "float64")
+    beta = np.asarray(beta, "float64") / np.asarray(scale, "float64")
+    c = np.maximum(0.0, beta - sigmas * np.abs(gamma)) if relu_between else beta
+    if bounded is not None:
+        c = np.minimum(c, np.asarray(bounded.upper.numpy(), "float64"))
+        bounded.upper.assign((np.asarray(bounded.upper.numpy(), "float64") - c).astype("float32"))
+    l1.bias.assign((np.asarray(l1.bias.numpy(), "float64") - c).astype("float32"))
+    w2 = np.asarray(l2.kernel.numpy(), "float64")
+    w2 = w2.reshape(-1, *w2.shape[-2:]).sum(0)  # (I, O)
+    l2.bias.assign((np.asarray(l2.bias.numpy(), "float64") + c @ w2).astype("float32"))
+    return c
+
+
 def run(model, x):
     return np.asarray(model(x, training=False))
 
@@ -241,6 +260,9 @@ def test_equalize_model_relu6_policies(relu6):
     elif relu6 == "replace":
         assert acts == [L.ReLU, L.ReLU] and eq.get_layer("act1").max_value is None
         assert ["conv1", "dw", "pw"] in layers
+        relu_block = mobile_block(relu6=False)  # the same weights with ReLU: what 'replace' must compute
+        relu_block.set_weights(model.get_weights())
+        assert rel_err(run(eq, x), run(relu_block, x)) < 1e-4
     else:
         assert acts == [L.ReLU, L.ReLU] and eq.get_layer("act1").max_value == 6.0
         assert rel_err(run(eq, x), ref) < 1e-4
@@ -255,9 +277,19 @@ def test_high_bias_absorption_applied_and_close():
     ref = run(model, x)
     eq, result = equalize_model(model, absorb_high_bias=True, return_result=True)
     assert result.high_bias.absorbed, result.explain()
-    # The 3σ rule is an approximation; its amounts are checked against an independent
-    # computation in test_keras_engine_safety.py. Here: absorption did change the function.
-    assert 0 < rel_err(run(eq, x), ref) < 0.5
+    # Against the same equalization without absorption, then the 3σ rule computed by hand.
+    expected = equalize_model(model, absorb_high_bias=False)
+    scaled = {(p.layer1, p.layer2): p for st in result.cls.sets for p in st.pairs}
+    bn_after = {"conv1": "bn1", "dw": "bn2", "pw": "bn3", "conv4": "bn4"}
+    between = {("dw", "pw"): expected.get_layer("act2")}
+    for a in result.high_bias.absorbed:
+        p, bn = scaled[(a.layer1, a.layer2)], model.get_layer(bn_after[a.layer1])
+        c = absorb_high_bias_by_hand(expected.get_layer(a.layer1), expected.get_layer(a.layer2), bn.gamma.numpy(),
+                                     bn.beta.numpy(), p.scale, p.relu_between, between.get((a.layer1, a.layer2)))
+        np.testing.assert_allclose(a.amount, c, rtol=1e-6, atol=1e-6)
+    assert rel_err(run(eq, x), run(expected, x)) < 1e-5
+    assert max(np.abs(a.amount).max() for a in result.high_bias.absorbed) > 1e-2  # something moved
+    assert rel_err(run(eq, x), ref) < 1e-2  # here the 3σ rule is (close to) exact on these inputs
     by_pair = {(a.layer1, a.layer2) for a in result.high_bias.absorbed}
     assert ("pw", "conv4") in by_pair and ("conv1", "dw") not in by_pair  # dw pads: declined
     _, default = equalize_model(model, return_result=True)
@@ -451,9 +483,22 @@ def test_stepwise_api_like_aimet():
     assert [len(i.cls_pair_info_list) for i in infos] == [2, 1, 1]
     assert infos[0].cls_pair_info_list[0].layer1 is folded.get_layer("conv1")
     np.testing.assert_allclose(out_ranges(folded.get_layer("pw")), in_ranges(folded.get_layer("conv4")), rtol=1e-4)
+    expected = keras.models.clone_model(folded)
+    expected.set_weights(folded.get_weights())
     HighBiasFold.bias_fold(infos, bn_dict)
     assert HighBiasFold.last_result.absorbed
-    assert rel_err(run(folded, x), relu_ref) < 0.5
+    # Against the 3σ rule computed by hand on the copy (ReLU between: ReLU6 was replaced).
+    absorbed = {(a.layer1, a.layer2): a for a in HighBiasFold.last_result.absorbed}
+    for p in (p for i in infos for p in i.cls_pair_info_list):
+        a = absorbed.pop((p.layer1.name, p.layer2.name), None)
+        if a is not None:
+            bn = bn_dict[p.layer1]
+            c = absorb_high_bias_by_hand(expected.get_layer(p.layer1.name), expected.get_layer(p.layer2.name),
+                                         bn.gamma.numpy(), bn.beta.numpy(), p.scale_factor,
+                                         p.relu_activation_between_layers)
+            np.testing.assert_allclose(a.amount, c, rtol=1e-6, atol=1e-6)
+    assert not absorbed
+    assert rel_err(run(folded, x), run(expected, x)) < 1e-5
 
 
 def test_scale_model_in_place_relu6_policies_and_refusal():
@@ -539,6 +584,49 @@ def test_manual_scale_checks_against_model_and_high_bias_without_model():
     (absorbed,) = HighBiasFold.last_result.absorbed
     assert np.abs(absorbed.amount).max() > 0  # no ReLU between: all of β' moves
     assert not np.array_equal(get("conv4").bias.numpy(), bias_before)
+
+
+def test_manual_sets_bias_fold_matches_the_3_sigma_rule():
+    """AIMET's manual path (no model): scale_cls_sets on given sets, create_cls_set_info_list,
+    bias_fold with the folded BNs — against the 3σ rule computed by hand; the pair into the padded
+    depthwise is declined (its border taps would miss the shift)."""
+    model = mobile_block(relu6=False)
+    model.get_layer("bn3").beta.assign(model.get_layer("bn3").beta.numpy() + 2.0)
+    pairs, folded = fold_all_batch_norms(model)
+    bn_dict = dict(pairs)
+    x = inputs_for(folded, batch=4)
+    g = folded.get_layer
+    sets = [(g("conv1"), g("dw"), g("pw")), (g("pw"), g("conv4"))]
+    scales = CrossLayerScaling.scale_cls_sets(sets)
+    infos = CrossLayerScaling.create_cls_set_info_list(sets, scales, [(True, True), False])
+    expected = keras.models.clone_model(folded)
+    expected.set_weights(folded.get_weights())
+    HighBiasFold.bias_fold(infos, bn_dict)
+    result = HighBiasFold.last_result
+    assert [list(d.nodes) for d in result.declined] == [["conv1", "dw"]] and "border" in result.declined[0].reason
+    assert sorted((a.layer1, a.layer2) for a in result.absorbed) == [("dw", "pw"), ("pw", "conv4")]
+    by_pair = {(p.layer1.name, p.layer2.name): p for i in infos for p in i.cls_pair_info_list}
+    for a in result.absorbed:
+        p = by_pair[(a.layer1, a.layer2)]
+        bn = bn_dict[p.layer1]
+        c = absorb_high_bias_by_hand(expected.get_layer(a.layer1), expected.get_layer(a.layer2), bn.gamma.numpy(),
+                                     bn.beta.numpy(), p.scale_factor, p.relu_activation_between_layers)
+        np.testing.assert_allclose(a.amount, c, rtol=1e-6, atol=1e-6)
+    assert max(np.abs(a.amount).max() for a in result.absorbed) > 1e-2  # something moved
+    assert rel_err(run(folded, x), run(expected, x)) < 1e-5
+
+
+def test_manual_sets_that_no_chain_can_hold_are_refused_unchanged():
+    """Without a model the given sets are connected by the engine (connect_layer_chains): a layer
+    fed by two different layers, or a cycle, is refused before any weight changes."""
+    _, folded = fold_all_batch_norms(mobile_block(relu6=False))
+    g = folded.get_layer
+    before = weights_of(folded)
+    with pytest.raises(prequant.InvalidRequestError, match="Conv2D 'conv4' is fed by two different layers"):
+        CrossLayerScaling.scale_cls_sets([(g("pw"), g("conv4")), (g("dw"), g("conv4"))])
+    with pytest.raises(prequant.InvalidRequestError, match="in a cycle"):
+        CrossLayerScaling.scale_cls_sets([(g("pw"), g("conv4")), (g("conv4"), g("pw"))])
+    assert_bit_identical(before, folded)
 
 
 def test_high_bias_gives_a_bias_in_place_and_ignores_bns_folded_before():

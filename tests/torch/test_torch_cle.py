@@ -12,7 +12,7 @@ from torch import nn
 from prequant import _core
 from prequant.torch.activations import BoundedReLU
 from prequant.torch.batch_norm_fold import fold_all_batch_norms, fold_given_batch_norms
-from torch_cle_models import in_ranges, make_block, out_ranges, randomize_bn, rel_err
+from torch_cle_models import absorb_high_bias_by_hand, in_ranges, make_block, out_ranges, randomize_bn, rel_err
 from prequant.torch.cross_layer_equalization import (
     ClsSetInfo,
     CrossLayerScaling,
@@ -78,12 +78,16 @@ def test_fold_given_batch_norms_and_invalid_pair_changes_nothing():
 @pytest.mark.parametrize("relu6", ["bound", "replace", "skip"])
 def test_equalize_model_policies(relu6):
     model = make_block()
+    relu_block = copy.deepcopy(model)
     x = torch.randn(2, 3, 16, 16)
     ref = model(x)
     result = equalize_model(model, relu6=relu6, absorb_high_bias=False)
     out = model(x)
     if relu6 == "replace":
         assert isinstance(model.act1, nn.ReLU) and isinstance(model.act2, nn.ReLU)
+        # The same block with those two ReLU6s written as ReLU: what 'replace' must compute.
+        relu_block.act1, relu_block.act2 = nn.ReLU(), nn.ReLU()
+        assert rel_err(out, relu_block(x)) < 1e-4
     elif relu6 == "bound":
         assert isinstance(model.act1, BoundedReLU) and isinstance(model.act2, BoundedReLU)
         assert rel_err(out, ref) < 1e-4
@@ -111,15 +115,30 @@ def test_equalized_ranges_are_equal():
 
 
 def test_high_bias_absorption_applied_and_close():
-    model = make_block()
-    x = torch.randn(4, 3, 16, 16)
+    """equalize_model(absorb_high_bias=True) against the same equalization without absorption,
+    followed by the 3σ rule computed by hand (torch_cle_models.absorb_high_bias_by_hand)."""
+    original = make_block().double()
+    with torch.no_grad():
+        original.bn2.bias.add_(3.0)  # β well above 3|γ| in places: the ReLU pair moves something too
+    model, expected = copy.deepcopy(original), copy.deepcopy(original)
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
     ref = model(x)
     result = equalize_model(model, absorb_high_bias=True)
     assert result.high_bias.absorbed, result.explain()
-    # The amounts against an independent computation of the 3σ rule, to 1e-9:
-    # test_torch_engine_safety.py::test_high_bias_absorption_matches_the_3_sigma_rule. Here: the
-    # pair with nothing between (pw → conv4) moves all of β', so the output moves, but boundedly.
-    assert 0 < rel_err(model(x), ref) < 0.5
+    equalize_model(expected, absorb_high_bias=False)
+    scaled = {(p.layer1, p.layer2): p for s in result.cls.sets for p in s.pairs}
+    bn_after = {"conv1": original.bn1, "dw": original.bn2, "pw": original.bn3, "conv4": original.bn4}
+    between = {("dw", "pw"): expected.act2}
+    for a in result.high_bias.absorbed:
+        p = scaled[(a.layer1, a.layer2)]
+        bn = bn_after[a.layer1]
+        c = absorb_high_bias_by_hand(getattr(expected, a.layer1), getattr(expected, a.layer2),
+                                     bn.weight.detach().numpy(), bn.bias.detach().numpy(), p.scale,
+                                     p.relu_between, between.get((a.layer1, a.layer2)))
+        np.testing.assert_allclose(a.amount, c, rtol=1e-9, atol=1e-12)
+    assert {(a.layer1, a.layer2) for a in result.high_bias.absorbed} == {("dw", "pw"), ("pw", "conv4"), ("conv4", "fc")}
+    assert rel_err(model(x), expected(x)) < 1e-9
+    assert rel_err(model(x), ref) > 1e-3  # absorption did change the function (the 3σ rule's price)
     # Off by default.
     default = equalize_model(make_block())
     assert not default.high_bias.absorbed and not default.high_bias.declined
@@ -137,9 +156,61 @@ def test_stepwise_api_like_aimet():
     infos = CrossLayerScaling.scale_model(model)
     assert infos and all(isinstance(i, ClsSetInfo) for i in infos)
     assert rel_err(model(x), relu_ref) < 1e-4
+    expected = copy.deepcopy(model)
     HighBiasFold.bias_fold(infos, bn_dict)
     assert HighBiasFold.last_result.absorbed
     del ref
+    # Against the 3σ rule computed by hand on a copy (ReLU between the ReLU6-replaced pairs).
+    pairs_by_name = {(a.layer1, a.layer2): a for a in HighBiasFold.last_result.absorbed}
+    names = {id(m): n for n, m in model.named_modules()}
+    checked = 0
+    for info in infos:
+        for p in info.cls_pair_info_list:
+            a = pairs_by_name.get((names[id(p.layer1)], names[id(p.layer2)]))
+            if a is None:
+                continue
+            bn = bn_dict[p.layer1]
+            c = absorb_high_bias_by_hand(getattr(expected, a.layer1), getattr(expected, a.layer2),
+                                         bn.weight.detach().numpy(), bn.bias.detach().numpy(), p.scale_factor,
+                                         p.relu_activation_between_layers)
+            np.testing.assert_allclose(a.amount, c, rtol=1e-6, atol=1e-6)
+            checked += 1
+    assert checked == len(pairs_by_name) > 0
+    assert rel_err(model(x), expected(x)) < 1e-5
+
+
+def test_manual_sets_bias_fold_matches_the_3_sigma_rule():
+    """AIMET's manual path (no model): scale_cls_sets on given sets, create_cls_set_info_list,
+    bias_fold with the folded BNs — against the 3σ rule computed by hand; the pair into the padded
+    depthwise is declined (its border taps would miss the shift)."""
+    model = make_block().double()
+    with torch.no_grad():
+        model.bn3.bias.add_(2.0)
+    replace_relu6_with_relu(model)
+    bn_dict = {layer: bn for layer, bn in fold_all_batch_norms(model)}
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    sets = [(model.conv1, model.dw, model.pw), (model.pw, model.conv4)]
+    scales = CrossLayerScaling.scale_cls_sets(sets)
+    infos = CrossLayerScaling.create_cls_set_info_list(sets, scales, [(True, True), False])
+    expected = copy.deepcopy(model)
+    HighBiasFold.bias_fold(infos, bn_dict)
+    result = HighBiasFold.last_result
+    assert any("border" in d.reason for d in result.declined), result.declined  # conv1 -> dw (padded)
+    assert len(result.absorbed) == 2  # dw -> pw (ReLU between), pw -> conv4 (nothing between)
+    by_pair = {(id(p.layer1), id(p.layer2)): p for i in infos for p in i.cls_pair_info_list}
+    names = {n: getattr(model, n) for n in ("conv1", "dw", "pw", "conv4")}
+    engine_names = {}  # the chain graph names layers layer0, layer1, ... in first-seen order
+    for m in (model.conv1, model.dw, model.pw, model.conv4):
+        engine_names.setdefault(id(m), f"layer{len(engine_names)}")
+    by_engine = {engine_names[id(m)]: n for n, m in names.items()}
+    for a in result.absorbed:
+        n1, n2 = by_engine[a.layer1], by_engine[a.layer2]
+        p = by_pair[(id(names[n1]), id(names[n2]))]
+        bn = bn_dict[names[n1]]
+        c = absorb_high_bias_by_hand(getattr(expected, n1), getattr(expected, n2), bn.weight.detach().numpy(),
+                                     bn.bias.detach().numpy(), p.scale_factor, p.relu_activation_between_layers)
+        np.testing.assert_allclose(a.amount, c, rtol=1e-9, atol=1e-12)
+    assert rel_err(model(x), expected(x)) < 1e-9
 
 
 def test_manual_scale_cls_sets_and_info_list():
@@ -154,6 +225,20 @@ def test_manual_scale_cls_sets_and_info_list():
     assert rel_err(model(x), ref) < 1e-4
     infos = CrossLayerScaling.create_cls_set_info_list(sets, scales, [(True, True), False])
     assert len(infos[0].cls_pair_info_list) == 2 and len(infos[1].cls_pair_info_list) == 1
+
+
+def test_manual_sets_that_no_chain_can_hold_are_refused_unchanged():
+    """Without a model the given sets are connected by the engine (connect_layer_chains): a layer
+    feeding two different layers, or a cycle, is refused before any weight changes."""
+    model = make_block()
+    fold_all_batch_norms(model)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(_core.InvalidRequestError, match="Conv2d 'layer1' feeds two different layers"):
+        CrossLayerScaling.scale_cls_sets([(model.conv1, model.dw), (model.dw, model.pw), (model.dw, model.conv4)])
+    with pytest.raises(_core.InvalidRequestError, match="in a cycle"):
+        CrossLayerScaling.scale_cls_sets([(model.pw, model.conv4), (model.conv4, model.pw)])
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
 
 
 def test_manual_scale_checks_against_model():

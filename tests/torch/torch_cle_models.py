@@ -78,3 +78,25 @@ class MobileBlock(nn.Module):
 
 def make_block() -> nn.Module:
     return randomize_bn(MobileBlock()).eval()
+
+
+def absorb_high_bias_by_hand(l1: nn.Module, l2: nn.Module, gamma, beta, scale, relu_between: bool,
+                             bounded=None, sigmas: float = 3.0) -> np.ndarray:
+    """High-bias absorption computed independently of the engine (DFQ's 3σ rule, as the GUIDE
+    states it), applied in place to a non-grouped, non-transposed `l2`; returns the amount c.
+
+    γ' = γ/s, β' = β/s; c = max(0, β' − 3|γ'|) with a ReLU between, else β'; a per-channel bound
+    between (BoundedReLU) caps c and is lowered by it; b1 −= c, b2 += (Σ_k W2[:, :, k])·c."""
+    gamma = np.asarray(gamma, "float64") / np.asarray(scale, "float64")
+    beta = np.asarray(beta, "float64") / np.asarray(scale, "float64")
+    c = np.maximum(0.0, beta - sigmas * np.abs(gamma)) if relu_between else beta
+    if bounded is not None:
+        c = np.minimum(c, bounded.upper.double().numpy())
+    ct = torch.from_numpy(c)
+    with torch.no_grad():
+        l1.bias.sub_(ct.to(l1.bias.dtype))
+        w2 = l2.weight.detach().double().flatten(2).sum(2) if l2.weight.dim() > 2 else l2.weight.detach().double()
+        l2.bias.add_((w2 @ ct).to(l2.bias.dtype))
+        if bounded is not None:
+            bounded.upper.sub_(ct.to(bounded.upper.dtype))
+    return c

@@ -95,6 +95,10 @@ ClsRegionCandidates find_cls_regions(const Graph& graph, Relu6Policy relu6 = Rel
 ClsRegionsResult scale_cls_regions(Graph& graph, const std::vector<ClsRegionSpec>& regions,
                                    const ClsOptions& options = {});
 
+// connect_layer_chains.cpp — the graph of given layers for the manual APIs (no model): each chain's
+// layers connected in order; InvalidRequestError for a layer feeding or fed by two, or a cycle.
+void connect_layer_chains(Graph& graph, const std::vector<std::vector<std::string>>& chains);
+
 // absorb_high_bias.cpp — bn_stats maps layer name to the BN folded after it.
 HighBiasResult absorb_high_bias(Graph& graph, const std::vector<ClsSetResult>& sets,
                                 const std::unordered_map<std::string, FoldedBnStats>& bn_stats,

@@ -21,12 +21,12 @@ new one. A fused activation runs before any BN that follows its layer, so
 
 from __future__ import annotations
 
-import weakref
 from typing import Iterable
 
 import keras
 
 from prequant import _core
+from prequant._manual_cls import record_folded_before
 from prequant.keras._engine_graph import (
     EngineGraph,
     build_engine_graph,
@@ -36,10 +36,6 @@ from prequant.keras._engine_graph import (
 from prequant.keras._tf_keras import is_tf_keras_object
 
 __all__ = ["fold_all_batch_norms", "fold_given_batch_norms", "find_batch_norm_folds"]
-
-# new layer -> ids of the BNs folded *before* it (BN→conv); high-bias absorption must ignore them.
-_FOLDED_BEFORE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
 
 def find_batch_norm_folds(model: keras.Model):
     """What fold_all_batch_norms would fold and what it would decline (``.explain()``); changes nothing."""
@@ -112,15 +108,8 @@ def _apply(eg: EngineGraph, result) -> tuple[list, keras.Model]:
     for f in result.folded:
         new_layer = new_model.get_layer(f.request.layer)
         bn = eg.layer(f.request.bn)
-        if f.request.direction == "bn_then_conv":
-            _FOLDED_BEFORE.setdefault(new_layer, set()).add(id(bn))
+        if f.request.direction == "bn_then_conv":  # high-bias absorption must not read it
+            record_folded_before(new_layer, bn)
         pairs.append((new_layer, bn))
     return pairs, new_model
 
-
-def folded_before(layer, bn) -> bool:
-    """True if `bn` was folded into `layer` from before it (BN→conv) by this module."""
-    try:
-        return id(bn) in _FOLDED_BEFORE.get(layer, ())
-    except TypeError:
-        return False

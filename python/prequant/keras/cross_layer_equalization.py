@@ -45,17 +45,15 @@ set's layers connected in order: adjacency is then the caller's promise, as in A
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Sequence
 
 import keras
 import numpy as np
 
-from prequant import _core
+from prequant import _core, _manual_cls
 from prequant._cls_info import ClsSetInfo, ClsSetLayerPairInfo, cls_set_infos
 from prequant.keras import activations as _activations  # noqa: F401  (registers BoundedReLU)
 from prequant.keras._engine_graph import (
-    EngineGraph,
     Param,
     _has_padding,
     add_bias_variable,
@@ -66,7 +64,6 @@ from prequant.keras._engine_graph import (
     warn_fused_activation_before_bn,
 )
 from prequant.keras._tf_keras import is_tf_keras_object
-from prequant.keras.batch_norm_fold import folded_before
 
 __all__ = [
     "ClsSetInfo",
@@ -81,58 +78,28 @@ DEFAULT_MAX_ITERATIONS = _core.DEFAULT_MAX_ITERATIONS  # the engine's one defaul
 L = keras.layers
 
 
-# ---- graphs of given layers only (manual APIs without a model) ---------------------------------
+# ---- the manual APIs' translation (the bookkeeping is prequant._manual_cls) -----------------------
 
-class _ChainGraph:
-    """An engine graph holding only the given layers, each chain's layers connected in order."""
+class _ChainLayers:
+    """The Keras side of a chain graph of given layers: NumPy copies of their variables, assigned
+    back once the engine returned (so a failing call changes nothing)."""
 
-    def __init__(self, layer_chains: Sequence[Sequence]):
-        self.names: dict[int, str] = {}
-        self.layers: dict[str, object] = {}
+    def __init__(self):
         self.params: dict[tuple[str, str], Param] = {}
-        for chain in layer_chains:
-            for layer in chain:
-                if id(layer) not in self.names:
-                    name = str(getattr(layer, "name", "layer"))
-                    while name in self.layers:  # layers of different models may share a name
-                        name = f"{name}#{len(self.layers)}"
-                    self.names[id(layer)] = name
-                    self.layers[name] = layer
-        successor: dict[str, str] = {}
-        predecessor: dict[str, str] = {}
-        for chain in layer_chains:
-            for a, b in zip(chain, chain[1:]):
-                na, nb_ = self.names[id(a)], self.names[id(b)]
-                for table, key, value, what in ((successor, na, nb_, "feeds"), (predecessor, nb_, na, "is fed by")):
-                    if table.get(key, value) != value:
-                        raise _core.InvalidRequestError(
-                            f"{type(a).__name__} '{a.name}' {what} two different layers in the given CLS "
-                            f"sets; a layer's output can be scaled for one consumer only")
-                    table[key] = value
-        order, ready = [], deque(n for n in self.layers if n not in predecessor)
-        while ready:  # Kahn's order: every layer after the one feeding it
-            n = ready.popleft()
-            order.append(n)
-            if n in successor:
-                ready.append(successor[n])
-        if len(order) != len(self.layers):
-            raise _core.InvalidRequestError("the given CLS sets connect their layers in a cycle")
-        self.graph = _core.Graph()
-        for n in order:
-            inp = f"{predecessor[n]}:out" if n in predecessor else f"{n}:in"
-            self._add_layer(n, self.layers[n], inp, f"{n}:out")
-        self.graph.graph_inputs = [f"{n}:in" for n in order if n not in predecessor]
-        self.graph.graph_outputs = [f"{n}:out" for n in order if n not in successor]
 
-    def name_of(self, layer) -> str | None:
-        return self.names.get(id(layer))
+    @staticmethod
+    def node_name(layer, index: int, taken) -> str:
+        name = str(getattr(layer, "name", "layer"))
+        while name in taken:  # layers of different models may share a name
+            name = f"{name}#{len(taken)}"
+        return name
 
     def _copy(self, name, role, variable, view_shape=None):
         array = np.array(variable.numpy(), copy=True, order="C")
         self.params[(name, role)] = Param(variable, array)
         return array if view_shape is None else array.reshape(view_shape)
 
-    def _add_layer(self, name: str, layer, inp: str, out: str) -> None:
+    def add_layer(self, graph: _core.Graph, name: str, layer, inp: str, out: str) -> None:
         t = type(layer)
         if not getattr(layer, "built", False):
             raise _core.InvalidRequestError(f"{t.__name__} '{layer.name}' is not built")
@@ -151,14 +118,47 @@ class _ChainGraph:
         bias = self._copy(name, "bias", layer.bias) if layer.use_bias else None
         # Padding as the model translation marks it: the engine declines bias moves into a padded layer.
         padded = _has_padding(layer, tuple(kernel.shape)[:-2])
-        self.graph.add_conv(name, [inp], [out], weight, layout, bias, has_padding=padded, kind=kind,
-                            op_type=t.__name__)
+        graph.add_conv(name, [inp], [out], weight, layout, bias, has_padding=padded, kind=kind,
+                       op_type=t.__name__)
 
-    def write_back(self, bias_added=()) -> None:
+    def write_back(self, graph: _core.Graph, layers: dict, bias_added) -> None:
         for param in self.params.values():
             param.variable.assign(param.array)
         for name in bias_added:
-            add_bias_variable(self.layers[name], self.graph.added_bias(name))
+            add_bias_variable(layers[name], graph.added_bias(name))
+
+    @staticmethod
+    def bn_stats(layer, bn):
+        return _bn_stats(bn)
+
+
+class _ModelLayers:
+    """The Keras side of high-bias absorption on a model's own graph."""
+
+    def __init__(self, model: keras.Model):
+        self.eg = build_engine_graph(model)
+        self.graph = self.eg.graph
+
+    def name_of(self, layer) -> str | None:
+        entry = self.eg.first_call.get(id(layer))
+        return None if entry is None else entry.name
+
+    @staticmethod
+    def bn_stats(layer, bn):
+        return _bn_stats(bn)
+
+    def apply_high_bias(self, result) -> None:
+        apply_in_place(self.eg, bias_added=[a.layer2 for a in result.absorbed if a.bias_added], bounds_changed=True)
+
+
+def _bn_stats(bn):
+    """γ and β of a BatchNormalization (ones / zeros where it has no scale / center), else None."""
+    if not isinstance(bn, L.BatchNormalization):
+        return None
+    c = int(bn.moving_mean.shape[0])
+    gamma = np.ones(c) if bn.gamma is None else np.asarray(bn.gamma.numpy(), "float64")
+    beta = np.zeros(c) if bn.beta is None else np.asarray(bn.beta.numpy(), "float64")
+    return gamma, beta
 
 
 # ---- public API ---------------------------------------------------------------------------------
@@ -177,7 +177,8 @@ class CrossLayerScaling:
         result = _core.scale_model(eg.graph, relu6=relu6, max_iterations=max_iterations)
         apply_in_place(eg, edits=result.activation_edits)
         CrossLayerScaling.last_result = result
-        return _infos_from_result(eg, result.sets)
+        # the model lets bias_fold see what sits between (a BoundedReLU to lower)
+        return _manual_cls.infos_from_result(result.sets, eg.layer, eg.model, keep_names=True)
 
     @staticmethod
     def scale_cls_sets(cls_sets: Sequence[Sequence], model: keras.Model | None = None, *, relu6: str = "skip",
@@ -195,16 +196,10 @@ class CrossLayerScaling:
             result = _core.scale_cls_sets(eg.graph, specs, relu6=relu6, max_iterations=max_iterations)
             apply_in_place(eg, edits=result.activation_edits)
         else:
-            chain = _ChainGraph(cls_sets)
-            specs = [[chain.name_of(layer) for layer in s] for s in cls_sets]
-            result = _core.scale_cls_sets(chain.graph, specs, relu6=relu6, max_iterations=max_iterations)
-            chain.write_back()
+            result = _manual_cls.scale_cls_sets_on_chain(cls_sets, _ChainLayers(), relu6=relu6,
+                                                         max_iterations=max_iterations)
         CrossLayerScaling.last_result = result
-        out = []
-        for s in result.sets:
-            scales = [p.scale for p in s.pairs]
-            out.append(scales[0] if len(scales) == 1 else tuple(scales))
-        return out
+        return _manual_cls.scales_of(result)
 
     @staticmethod
     def create_cls_set_info_list(cls_sets, scale_factors, is_relu_activation_in_cls_sets) -> list[ClsSetInfo]:
@@ -236,51 +231,8 @@ class HighBiasFold:
         passes; its γ and β give layer1's output statistics. A BN folded *before* its layer (BN→conv)
         says nothing about that layer's output and is ignored. ``HighBiasFold.last_result`` holds
         the engine's HighBiasResult."""
-        pairs = [p for info in cls_set_info_list for p in info.cls_pair_info_list]
-        bn_items = list(bn_layers.items()) if isinstance(bn_layers, dict) else [tuple(x)[:2] for x in bn_layers]
-        models = {id(getattr(p, "_model", None)): getattr(p, "_model", None) for p in pairs}
-        if len(models) == 1 and None not in models.values():
-            HighBiasFold.last_result = _bias_fold_in_model(next(iter(models.values())), pairs, bn_items)
-            return
-        chain = _ChainGraph([[p.layer1, p.layer2] for p in pairs])
-        sets = [_core.ClsSetResult([_core.ClsPairResult(chain.name_of(p.layer1), chain.name_of(p.layer2),
-                                                         p.scale_factor, p.relu_activation_between_layers)])
-                for p in pairs]
-        result = _core.absorb_high_bias(chain.graph, sets, _bn_stats(bn_items, chain.name_of))
-        chain.write_back([a.layer2 for a in result.absorbed if a.bias_added])
-        HighBiasFold.last_result = result
-
-
-def _bn_stats(bn_items, name_of) -> dict:
-    stats = {}
-    for layer, bn in bn_items:
-        name = name_of(layer)
-        if name is None or not isinstance(bn, L.BatchNormalization) or folded_before(layer, bn):
-            continue
-        c = int(bn.moving_mean.shape[0])
-        gamma = np.ones(c) if bn.gamma is None else np.asarray(bn.gamma.numpy(), "float64")
-        beta = np.zeros(c) if bn.beta is None else np.asarray(bn.beta.numpy(), "float64")
-        stats[name] = (gamma, beta)
-    return stats
-
-
-def _bias_fold_in_model(model: keras.Model, pairs, bn_items):
-    """High-bias absorption on the model's own graph: activations between are known, so a
-    BoundedReLU's bounds are lowered with the bias (exactness of the 'bound' ReLU6 policy)."""
-    eg = build_engine_graph(model)
-
-    def name_of(layer):
-        entry = eg.first_call.get(id(layer))
-        return None if entry is None else entry.name
-
-    sets = []
-    for p in pairs:
-        l1, l2 = getattr(p, "_names", (name_of(p.layer1), name_of(p.layer2)))
-        sets.append(_core.ClsSetResult([_core.ClsPairResult(l1 or "?", l2 or "?", p.scale_factor,
-                                                             p.relu_activation_between_layers)]))
-    result = _core.absorb_high_bias(eg.graph, sets, _bn_stats(bn_items, name_of))
-    apply_in_place(eg, bias_added=[a.layer2 for a in result.absorbed if a.bias_added], bounds_changed=True)
-    return result
+        HighBiasFold.last_result = _manual_cls.bias_fold(cls_set_info_list, bn_layers, model_layers=_ModelLayers,
+                                                         chain_layers=_ChainLayers)
 
 
 def replace_relu6_with_relu(model: keras.Model):
@@ -343,16 +295,3 @@ def equalize_model(model: keras.Model, *, relu6: str = "bound", max_iterations: 
         + list(result.regions.activation_edits),
     )
     return (new_model, result) if return_result else new_model
-
-
-def _infos_from_result(eg: EngineGraph, sets) -> list[ClsSetInfo]:
-    infos = []
-    for s in sets:
-        pairs = []
-        for p in s.pairs:
-            info = ClsSetLayerPairInfo(eg.layer(p.layer1), eg.layer(p.layer2), p.scale, p.relu_between)
-            info._model = eg.model        # lets bias_fold see what sits between (a BoundedReLU to lower)
-            info._names = (p.layer1, p.layer2)
-            pairs.append(info)
-        infos.append(ClsSetInfo(*pairs))
-    return infos

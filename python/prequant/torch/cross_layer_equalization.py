@@ -21,13 +21,12 @@ parameters; this module translates the model, and applies the structural edits.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from prequant import _core
+from prequant import _core, _manual_cls
 from prequant._cls_info import ClsSetInfo, ClsSetLayerPairInfo, cls_set_infos
 from prequant.torch._engine_graph import (
     EngineGraph,
@@ -52,70 +51,68 @@ __all__ = [
 DEFAULT_MAX_ITERATIONS = _core.DEFAULT_MAX_ITERATIONS  # the engine's one default (passes.h)
 
 
-# ---- graphs for the manual APIs ---------------------------------------------------------------
+# ---- the manual APIs' translation (the bookkeeping is prequant._manual_cls) --------------------------
 
-def _chain_graph(layer_chains: Sequence[Sequence[nn.Module]]) -> tuple[_core.Graph, dict[int, str], list]:
-    """An engine graph holding only the given layers, each chain's layers connected in order.
-    Used when no model is given: adjacency is then the caller's promise (as in AIMET)."""
-    names: dict[int, str] = {}
-    modules: list[nn.Module] = []
-    for chain in layer_chains:
-        for m in chain:
-            if id(m) not in names:
-                names[id(m)] = f"layer{len(modules)}"
-                modules.append(m)
-    successor: dict[str, str] = {}
-    predecessor: dict[str, str] = {}
-    for chain in layer_chains:
-        for a, b in zip(chain, chain[1:]):
-            na, nb_ = names[id(a)], names[id(b)]
-            for table, key, value, what in ((successor, na, nb_, "feeds"), (predecessor, nb_, na, "is fed by")):
-                if table.get(key, value) != value:
-                    raise _core.InvalidRequestError(
-                        f"{type(a).__name__} {what} two different layers in the given CLS sets; a layer's "
-                        f"output can be scaled for one consumer only")
-                table[key] = value
-    # Kahn's order so every layer comes after the one feeding it.
-    order, ready = [], deque(n for n in (names[id(m)] for m in modules) if n not in predecessor)
-    while ready:
-        n = ready.popleft()
-        order.append(n)
-        if n in successor:
-            ready.append(successor[n])
-    by_name = {names[id(m)]: m for m in modules}
-    g = _core.Graph()
-    for n in order:
-        m = by_name[n]
-        inp = f"{predecessor[n]}:out" if n in predecessor else f"{n}:in"
-        _add_layer(g, n, m, inp, f"{n}:out")
-    g.graph_inputs = [f"{n}:in" for n in order if n not in predecessor]
-    g.graph_outputs = [f"{n}:out" for n in order if n not in successor]
-    return g, names, modules
+class _ChainLayers:
+    """The PyTorch side of a chain graph of given modules: zero-copy views, so only an added
+    bias needs writing back."""
+
+    @staticmethod
+    def node_name(module: nn.Module, index: int, taken) -> str:
+        return f"layer{index}"
+
+    @staticmethod
+    def add_layer(g: _core.Graph, name: str, m: nn.Module, inp: str, out: str) -> None:
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            layout, kind = (0, 1, m.groups, False), "conv"
+        elif isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            layout, kind = (1, 0, m.groups, True), "conv"
+        elif isinstance(m, nn.Linear):
+            layout, kind = (0, 1, 1, False), "linear"
+        else:
+            raise _core.InvalidRequestError(
+                f"{type(m).__name__} cannot be cross-layer scaled; CLS sets hold Conv, ConvTranspose and Linear layers")
+        # Padding as the model translation marks it: the engine declines bias moves into a padded layer.
+        g.add_conv(name, [inp], [out], _view(m.weight, name, "weight"), layout,
+                   None if m.bias is None else _view(m.bias, name, "bias"),
+                   has_padding=kind == "conv" and _has_padding(m), kind=kind, op_type=type(m).__name__)
+
+    @staticmethod
+    def write_back(g: _core.Graph, layers: dict, bias_added) -> None:
+        for n in bias_added:
+            m = layers[n]
+            if m.bias is None:
+                m.bias = nn.Parameter(torch.from_numpy(g.added_bias(n)).to(m.weight.dtype),
+                                      requires_grad=m.weight.requires_grad)
+
+    @staticmethod
+    def bn_stats(layer, bn):
+        return _bn_stats(bn)
 
 
-def _add_layer(g: _core.Graph, name: str, m: nn.Module, inp: str, out: str) -> None:
-    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        layout, kind = (0, 1, m.groups, False), "conv"
-    elif isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-        layout, kind = (1, 0, m.groups, True), "conv"
-    elif isinstance(m, nn.Linear):
-        layout, kind = (0, 1, 1, False), "linear"
-    else:
-        raise _core.InvalidRequestError(
-            f"{type(m).__name__} cannot be cross-layer scaled; CLS sets hold Conv, ConvTranspose and Linear layers")
-    # Padding as the model translation marks it: the engine declines bias moves into a padded layer.
-    g.add_conv(name, [inp], [out], _view(m.weight, name, "weight"), layout,
-               None if m.bias is None else _view(m.bias, name, "bias"),
-               has_padding=kind == "conv" and _has_padding(m), kind=kind, op_type=type(m).__name__)
+class _ModelLayers:
+    """The PyTorch side of high-bias absorption on a model's own graph."""
+
+    def __init__(self, model: nn.Module):
+        self.eg = build_engine_graph(model)
+        self.graph = self.eg.graph
+
+    def name_of(self, module: nn.Module) -> str | None:
+        return next((n for n, m in self.eg.modules.items() if m is module and "#" not in n), None)
+
+    @staticmethod
+    def bn_stats(layer, bn):
+        return _bn_stats(bn)
+
+    def apply_high_bias(self, result) -> None:
+        apply_high_bias(self.eg, result)
 
 
-def _give_biases(g: _core.Graph, names: dict[int, str], modules: list, engine_names) -> None:
-    by_name = {names[id(m)]: m for m in modules}
-    for n in engine_names:
-        m = by_name[n]
-        if m.bias is None:
-            m.bias = nn.Parameter(torch.from_numpy(g.added_bias(n)).to(m.weight.dtype),
-                                  requires_grad=m.weight.requires_grad)
+def _bn_stats(bn):
+    """γ and β of an affine batch norm (None for anything else)."""
+    if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.affine:
+        return bn.weight.detach().double().numpy(), bn.bias.detach().double().numpy()
+    return None
 
 
 # ---- public API ------------------------------------------------------------------------------
@@ -132,7 +129,8 @@ class CrossLayerScaling:
         with eg.restored_on_error():
             result = _core.scale_model(eg.graph, relu6=relu6, max_iterations=max_iterations)
         apply_activation_edits(eg, result.activation_edits)
-        infos = _infos_from_result(eg, result.sets, model)
+        # the model lets bias_fold see what sits between (e.g. a BoundedReLU to lower)
+        infos = _manual_cls.infos_from_result(result.sets, eg.modules.__getitem__, model, keep_names=False)
         CrossLayerScaling.last_result = result
         return infos
 
@@ -149,14 +147,9 @@ class CrossLayerScaling:
             result = _core.scale_cls_sets(eg.graph, specs, relu6="bound", max_iterations=max_iterations)
             apply_activation_edits(eg, result.activation_edits)
         else:
-            g, names, _ = _chain_graph(cls_sets)
-            specs = [[names[id(m)] for m in s] for s in cls_sets]
-            result = _core.scale_cls_sets(g, specs, relu6="bound", max_iterations=max_iterations)
-        out = []
-        for s in result.sets:
-            scales = [p.scale for p in s.pairs]
-            out.append(scales[0] if len(scales) == 1 else tuple(scales))
-        return out
+            result = _manual_cls.scale_cls_sets_on_chain(cls_sets, _ChainLayers(), relu6="bound",
+                                                         max_iterations=max_iterations)
+        return _manual_cls.scales_of(result)
 
     @staticmethod
     def create_cls_set_info_list(cls_sets, scale_factors, is_relu_activation_in_cls_sets) -> list[ClsSetInfo]:
@@ -176,48 +169,8 @@ class HighBiasFold:
     def bias_fold(cls_set_info_list: Sequence[ClsSetInfo], bn_layers: dict) -> None:
         """Move bias above 3σ of each scaled pair's layer1 into layer2, in place. `bn_layers` maps
         a layer to the BN that was folded after it (its γ and β give layer1's output statistics)."""
-        pairs = [p for info in cls_set_info_list for p in info.cls_pair_info_list]
-        models = {id(getattr(p, "_model", None)): getattr(p, "_model", None) for p in pairs}
-        if len(models) == 1 and None not in models.values():
-            HighBiasFold.last_result = _bias_fold_in_model(next(iter(models.values())), pairs, bn_layers)
-            return
-        g, names, modules = _chain_graph([[p.layer1, p.layer2] for p in pairs])
-        sets = [_core.ClsSetResult([_core.ClsPairResult(names[id(p.layer1)], names[id(p.layer2)],
-                                                         p.scale_factor, p.relu_activation_between_layers)])
-                for p in pairs]
-        result = _core.absorb_high_bias(g, sets, _bn_stats(bn_layers, lambda m: names.get(id(m))))
-        _give_biases(g, names, modules, [a.layer2 for a in result.absorbed if a.bias_added])
-        HighBiasFold.last_result = result
-
-
-def _bn_stats(bn_layers: dict, name_of) -> dict:
-    stats = {}
-    items = bn_layers.items() if isinstance(bn_layers, dict) else bn_layers
-    for layer, bn in items:
-        name = name_of(layer)
-        if getattr(bn, "_prequant_folded_before_layer", False):
-            continue  # a BN folded into the layer's input says nothing about its output
-        if name is not None and isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.affine:
-            stats[name] = (bn.weight.detach().double().numpy(), bn.bias.detach().double().numpy())
-    return stats
-
-
-def _bias_fold_in_model(model: nn.Module, pairs, bn_layers: dict):
-    """High-bias absorption on the model's own graph: the engine sees what sits between, so a
-    BoundedReLU's bounds are lowered with the bias (exactness of the 'bound' ReLU6 policy)."""
-    eg = build_engine_graph(model)
-
-    def name_of(module):
-        return next((n for n, m in eg.modules.items() if m is module and "#" not in n), None)
-
-    sets = []
-    for p in pairs:
-        l1, l2 = name_of(p.layer1), name_of(p.layer2)
-        sets.append(_core.ClsSetResult([_core.ClsPairResult(l1 or "?", l2 or "?", p.scale_factor,
-                                                             p.relu_activation_between_layers)]))
-    result = _core.absorb_high_bias(eg.graph, sets, _bn_stats(bn_layers, name_of))
-    apply_high_bias(eg, result)
-    return result
+        HighBiasFold.last_result = _manual_cls.bias_fold(cls_set_info_list, bn_layers, model_layers=_ModelLayers,
+                                                         chain_layers=_ChainLayers)
 
 
 def replace_relu6_with_relu(model: nn.Module) -> nn.Module:
@@ -322,14 +275,3 @@ def _node_name(eg: EngineGraph, module: nn.Module) -> str:
         if m is module and "#" not in name:
             return name
     raise _core.InvalidRequestError(f"{type(module).__name__} module is not called in the model's forward")
-
-
-def _infos_from_result(eg: EngineGraph, sets, model: nn.Module) -> list[ClsSetInfo]:
-    infos = []
-    for s in sets:
-        pairs = [ClsSetLayerPairInfo(eg.modules[p.layer1], eg.modules[p.layer2], p.scale, p.relu_between)
-                 for p in s.pairs]
-        for p in pairs:
-            p._model = model  # lets bias_fold see what sits between (e.g. a BoundedReLU to lower)
-        infos.append(ClsSetInfo(*pairs))
-    return infos
