@@ -8,6 +8,8 @@ SQNR: onnxruntime QDQ INT8 (MinMax, prequant.demo._int8), output logits against 
 calibrated on 100 images of the ImageNet sample (every 5th file) and evaluated on 100 others.
 
     PYTHONPATH=python python bench/gated_activations.py [--images N] [NAME ...]
+    PYTHONPATH=python python bench/gated_activations.py --coverage [NAME ...]   (no INT8; all of
+        bench/coverage_regions.py's models by default: chains + regions, gated off vs on)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "torch"))
 
-from coverage_regions import reason_class  # noqa: E402
+from coverage_regions import KWARGS, MODELS, reason_class  # noqa: E402
 from torch_cle_models import randomize_bn  # noqa: E402
 
 from prequant.demo._int8 import export_onnx, quantize_int8, run_onnx, sqnr_db  # noqa: E402
@@ -65,11 +67,30 @@ def coverage(result, model) -> tuple[int, int, collections.Counter]:
     return layers, len(scaled), collections.Counter(reason_class(d.reason) for d in declined)
 
 
+def coverage_table(names: list[str]) -> None:
+    fmt = lambda c: ", ".join(f"{k} {v}" for k, v in c.most_common()) or "none"
+    print("| model | layers | scaled (gated off) | scaled (gated on) | declines (gated off) | declines (gated on) |")
+    print("|---|---:|---:|---:|---|---|")
+    for name in names:
+        rows = []
+        for gated in (False, True):
+            torch.manual_seed(0)
+            model = getattr(torchvision.models, name)(weights=None, **KWARGS.get(name, {})).eval()
+            rows.append(coverage(equalize_model(model, regions=True, gated_activations=gated), model))
+        print(f"| {name} | {rows[0][0]} | {rows[0][1]} | {rows[1][1]} | {fmt(rows[0][2])} | {fmt(rows[1][2])} |",
+              flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=100, help="calibration and evaluation images each")
-    ap.add_argument("names", nargs="*", default=["efficientnet_b0", "mobilenet_v3_large"])
+    ap.add_argument("--coverage", action="store_true", help="coverage table only")
+    ap.add_argument("names", nargs="*")
     args = ap.parse_args()
+    if args.coverage:
+        coverage_table(args.names or MODELS)
+        return
+    args.names = args.names or ["efficientnet_b0", "mobilenet_v3_large"]
     files = sorted(os.listdir(os.path.join(DATA, "images")))
     calib = load([f for i, f in enumerate(files) if i % 5 == 0][:args.images])
     evals = load([f for i, f in enumerate(files) if i % 5 != 0][:args.images])

@@ -12,7 +12,7 @@ import pytest
 from onnx import numpy_helper
 
 import prequant.onnx as pqo
-from pq_onnx_helpers import Builder, max_rel_err, run_ort
+from pq_onnx_helpers import Builder, equalize_json, find_cli, max_rel_err, run_ort
 
 
 def _silu(b: Builder, x: str, swap: bool = False) -> str:
@@ -94,3 +94,18 @@ def test_a_sigmoid_read_twice_is_not_a_gate():
     out, result = pqo.equalize_model(model, gated_activations=True)
     assert not result.cls.sets
     assert max_rel_err(run_ort(model, feeds), run_ort(out, feeds)) == 0
+
+
+def test_cli_flag(tmp_path):
+    cli = find_cli()
+    if cli is None:
+        pytest.skip("the prequant tool is not built")
+    b, model, inputs = _model(False)
+    model = _unbalance(model)
+    src, dst = tmp_path / "m.onnx", tmp_path / "eq.onnx"
+    onnx.save(model, src)
+    report = equalize_json(cli, src, dst, "--gated-activations")
+    gates = [e for e in report["cls"]["activation_edits"] if e["kind"] == "gate_scaled"]
+    assert len(gates) == 3 and all(len(e["gate_scale"]) > 1 for e in gates)
+    feeds = b.feeds(inputs, scale=3.0)
+    assert max_rel_err(run_ort(model, feeds), run_ort(str(dst), feeds)) < 1e-5
