@@ -153,3 +153,29 @@ def test_torchvision_models_keep_their_output(name):
         scaled |= set(r.sources) | set(r.sinks)
     assert len(scaled) > len(scaled_before)
     assert any(isinstance(m, GatedActivation) for m in model.modules())
+
+
+class Mlp(nn.Module):
+    """A transformer MLP on (N, T, C): Linear → GELU → Linear, channels on the last axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def test_between_linears_on_a_rank3_tensor_the_gate_scale_follows_the_last_axis():
+    torch.manual_seed(2)
+    model = Mlp().double().eval()
+    with torch.no_grad():
+        model.fc1.weight.mul_(torch.logspace(-2, 2, 16, dtype=torch.float64)[:, None])
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    with torch.no_grad():
+        ref = model(x)
+    result = equalize_model(model, gated_activations=True)
+    assert len(result.cls.sets) == 1
+    assert isinstance(model.act, GatedActivation) and model.act.channel_axis == -1
+    with torch.no_grad():
+        assert rel_err(model(x), ref) < 1e-10

@@ -714,12 +714,25 @@ def apply_activation_edits(eg: EngineGraph, edits) -> None:
         info = eg.graph.node(edit.node)
         if info.kind == "gated":  # the final scales, read from the graph (later rounds moved them)
             scale = torch.as_tensor(info.gate_scale, dtype=_parameter_dtype(eg.model))
-            _set_submodule(eg.model, path, GatedActivation(info.gate, scale))
+            _set_submodule(eg.model, path, GatedActivation(info.gate, scale, _channel_axis(eg, edit.node)))
         elif info.kind == "relu":
             _set_submodule(eg.model, path, nn.ReLU())
         else:  # the final bounds: high-bias absorption may have lowered them after scaling
             upper = torch.as_tensor(info.clip_max_per_channel, dtype=_parameter_dtype(eg.model))
             _set_submodule(eg.model, path, BoundedReLU(upper))
+
+
+def _channel_axis(eg: EngineGraph, node_name: str) -> int:
+    """-1 if the channels reaching `node_name` come from an nn.Linear (which contracts the last
+    axis: a rank > 2 tensor keeps its channels last), else 1. Walks back through the per-channel
+    nodes between (the engine scaled across them, so a layer produces this tensor's channels)."""
+    producer = {t: n for n in eg.graph.nodes() if not n.removed for t in n.outputs}
+    node = eg.graph.node(node_name)
+    while node.inputs and node.inputs[0] in producer:
+        node = producer[node.inputs[0]]
+        if node.kind in ("conv", "linear"):
+            return -1 if node.kind == "linear" else 1
+    return 1
 
 
 def apply_high_bias(eg: EngineGraph, hb_result) -> None:

@@ -45,19 +45,23 @@ class GatedActivation(nn.Module):
     Scaling divides the producer's channel c by s[c] and multiplies the consumer's by s[c];
     x·g(x) at x = s·x' is s·(x'·g(s·x')), so the activation becomes x'·g(s·x') and the FP32 output
     is unchanged (``equalize_model(..., gated_activations=True)`` swaps the SiLU / Hardswish /
-    GELU module for this one)."""
+    GELU module for this one). ``channel_axis`` is 1 (conv activations) or -1 (between nn.Linear
+    layers on a tensor of rank > 2, whose channels are the last axis)."""
 
-    def __init__(self, gate: str, gate_scale: torch.Tensor):
+    def __init__(self, gate: str, gate_scale: torch.Tensor, channel_axis: int = 1):
         super().__init__()
         if gate not in _GATES:
             raise ValueError(f"gate must be one of {_GATES}, got {gate!r}")
+        if channel_axis not in (1, -1):
+            raise ValueError(f"channel_axis must be 1 or -1, got {channel_axis!r}")
         self.gate = gate
+        self.channel_axis = channel_axis
         gate_scale = torch.as_tensor(gate_scale)
         gate_scale = gate_scale if gate_scale.is_floating_point() else gate_scale.float()
         self.register_buffer("gate_scale", gate_scale.flatten().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = [1, -1] + [1] * (x.dim() - 2)
+        shape = [1, -1] + [1] * (x.dim() - 2) if self.channel_axis == 1 else [-1]
         z = x * self.gate_scale.to(x.dtype).view(shape)
         if self.gate == "sigmoid":
             g = torch.sigmoid(z)
@@ -70,4 +74,5 @@ class GatedActivation(nn.Module):
         return x * g
 
     def extra_repr(self) -> str:
-        return f"gate={self.gate!r}, channels={self.gate_scale.numel()}"
+        axis = "" if self.channel_axis == 1 else ", channel_axis=-1"
+        return f"gate={self.gate!r}, channels={self.gate_scale.numel()}{axis}"
