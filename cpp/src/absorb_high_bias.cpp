@@ -91,6 +91,9 @@ HighBiasResult absorb_high_bias(Graph& graph, const std::vector<ClsSetResult>& s
           blocked = "pool '" + n.name + "' sits between and counts its padded zeros in its average: a shift "
                     "of its input is not a shift of its output at the borders, so the bias moved into '" +
                     l2.name + "' would be wrong there";
+        if (n.kind == OpKind::GatedActivation)
+          blocked = "gated activation '" + n.name + "' (x·g(x)) sits between: it is not shift-equivariant on any "
+                    "range (x·g(x) − c ≠ (x − c)·g(x − c)), so no bias can move through it";
         if (n.kind == OpKind::ZeroPad)
           blocked = "zero padding '" + n.name + "' sits between: its border zeros would not be shifted, so "
                     "the bias moved into '" + l2.name + "' would be wrong at every border pixel";

@@ -15,6 +15,7 @@ namespace prequant {
 struct PlannedRegion {
   std::vector<size_t> sources, sinks, nodes;  // node indices, graph order
   std::vector<size_t> clips;                  // Clip nodes among `nodes`
+  std::vector<size_t> gates;                  // GatedActivation nodes among `nodes`
   int64_t channels = 0;                       // region channels
   // Per tensor of the region: the region channel of each of its channels.
   std::unordered_map<std::string, std::vector<int64_t>> channel_of;
@@ -34,7 +35,7 @@ std::unordered_map<std::string, int64_t> tensor_channel_counts(const Graph& grap
 std::optional<PlannedRegion> grow_region(const Graph& graph, size_t start,
                                          const std::unordered_map<std::string, int64_t>& counts,
                                          Relu6Policy relu6, std::string& why, std::string& blocker,
-                                         PlannedRegion& partial);
+                                         PlannedRegion& partial, bool gated_activations = false);
 
 }  // namespace prequant
 

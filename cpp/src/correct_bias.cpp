@@ -107,6 +107,10 @@ std::optional<InputSource> find_input_source(const Graph& graph, const Node& lay
       case OpKind::Opaque:
         why = "'" + n.name + "' (" + n.op_type + ") sits between: its effect on the statistics is unknown";
         return std::nullopt;
+      case OpKind::GatedActivation:
+        why = "gated activation '" + n.name + "' (x·g(x)) sits between: the engine models E[x] only through "
+              "ReLU-like activations (clipped normal means)";
+        return std::nullopt;
     }
     break;
   }

@@ -39,6 +39,7 @@ bool is_unary_channel_node(OpKind k) {
   switch (k) {
     case OpKind::Relu: case OpKind::Clip: case OpKind::LeakyRelu: case OpKind::PRelu:
     case OpKind::Identity: case OpKind::ZeroPad: case OpKind::Pool: case OpKind::Resize:
+    case OpKind::GatedActivation:  // passes only with gated_activations (Grower::handle_node)
       return true;
     default:
       return false;
@@ -55,8 +56,8 @@ std::string label(const Node& n) {
 
 class Grower {
  public:
-  Grower(const Graph& g, const std::unordered_map<std::string, int64_t>& counts, Relu6Policy relu6)
-      : g_(g), counts_(counts), relu6_(relu6) {}
+  Grower(const Graph& g, const std::unordered_map<std::string, int64_t>& counts, Relu6Policy relu6, bool gated)
+      : g_(g), counts_(counts), relu6_(relu6), gated_(gated) {}
 
   bool run(size_t start);
   PlannedRegion finish();
@@ -69,6 +70,7 @@ class Grower {
   const Graph& g_;
   const std::unordered_map<std::string, int64_t>& counts_;
   Relu6Policy relu6_;
+  bool gated_;
   std::vector<int64_t> parent_;  // union-find over region channel ids
   std::unordered_map<std::string, std::vector<int64_t>> ids_;
   std::vector<std::string> work_;
@@ -167,6 +169,14 @@ bool Grower::handle_node(size_t index) {
                         " per-channel bounds but its input has " + std::to_string(size(n.inputs[0])) + " channels",
                     n.name);
     }
+    if (n.kind == OpKind::GatedActivation && !gated_)
+      return fail(label(n) + " is in the region and is x·g(x), not positively homogeneous; scaling through it "
+                      "is exact with gated_activations=True (--gated-activations)",
+                  n.name);
+    if (n.kind == OpKind::GatedActivation && !n.gate_scale.empty() && n.gate_scale.size() != size(n.inputs[0]))
+      return fail(label(n) + " has " + std::to_string(n.gate_scale.size()) + " gate scales but its input has " +
+                      std::to_string(size(n.inputs[0])) + " channels",
+                  n.name);
     if (n.kind == OpKind::PRelu && n.slope.numel() != 1 && n.slope.numel() != static_cast<int64_t>(size(n.inputs[0])))
       return fail("PReLU " + label(n) + " has " + std::to_string(n.slope.numel()) + " slopes for " +
                       std::to_string(size(n.inputs[0])) + " channels",
@@ -279,6 +289,7 @@ PlannedRegion Grower::finish() {
   r.nodes.assign(nodes.begin(), nodes.end());
   for (size_t i : r.nodes)
     if (g_.nodes[i].kind == OpKind::Clip) r.clips.push_back(i);
+    else if (g_.nodes[i].kind == OpKind::GatedActivation) r.gates.push_back(i);
   r.chain = chain;
   std::unordered_map<int64_t, int64_t> compact;  // root → 0..channels-1, in first-seen order
   // Number region channels in the order of the first source's output channels.
@@ -332,8 +343,8 @@ std::unordered_map<std::string, int64_t> tensor_channel_counts(const Graph& grap
 std::optional<PlannedRegion> grow_region(const Graph& graph, size_t start,
                                          const std::unordered_map<std::string, int64_t>& counts,
                                          Relu6Policy relu6, std::string& why, std::string& blocker,
-                                         PlannedRegion& partial) {
-  Grower grower(graph, counts, relu6);
+                                         PlannedRegion& partial, bool gated_activations) {
+  Grower grower(graph, counts, relu6, gated_activations);
   if (grower.run(start)) return grower.finish();
   why = grower.why;
   blocker = grower.blocker;
@@ -345,7 +356,7 @@ std::optional<PlannedRegion> grow_region(const Graph& graph, size_t start,
   return std::nullopt;
 }
 
-ClsRegionCandidates find_cls_regions(const Graph& graph, Relu6Policy relu6) {
+ClsRegionCandidates find_cls_regions(const Graph& graph, Relu6Policy relu6, bool gated_activations) {
   ClsRegionCandidates result;
   const auto counts = tensor_channel_counts(graph);
   std::vector<bool> claimed(graph.nodes.size(), false);
@@ -355,7 +366,7 @@ ClsRegionCandidates find_cls_regions(const Graph& graph, Relu6Policy relu6) {
     if (l.removed || !l.is_layer() || claimed[i] || l.outputs.size() != 1) continue;
     std::string why, blocker;
     PlannedRegion partial;
-    const auto region = grow_region(graph, i, counts, relu6, why, blocker, partial);
+    const auto region = grow_region(graph, i, counts, relu6, why, blocker, partial, gated_activations);
     const PlannedRegion& seen = region ? *region : partial;
     for (size_t s : seen.sources) claimed[s] = true;
     claimed[i] = true;

@@ -6,7 +6,8 @@
 //   L1 → L2 is a pair when L1's output reaches L2 through nodes that each have a single consumer
 //   and are positively homogeneous per channel (f(a·x) = a·f(x), a > 0): ReLU, LeakyReLU,
 //   PReLU, identity, zero padding, max/average pooling, and Clip(0, m) (ReLU6) unless the ReLU6
-//   policy is 'skip'. The channel counts must agree and neither weight may be shared; a
+//   policy is 'skip'; with gated_activations also x·g(x) activations (SiLU, HardSwish, GELU),
+//   whose gate scale the scaling rewrites. The channel counts must agree and neither weight may be shared; a
 //   channels-last Linear (PyTorch) pairs with a conv only on a 2-D tensor.
 //   L1 → DW → L3 is a triple when DW is depthwise (one filter per channel) and L3 is not; DW then
 //   starts no set of its own. Other sets may overlap (L1→L2, L2→L3): scale_cls_sets iterates them.
@@ -35,7 +36,7 @@ bool moves_channels_linearly(const std::string& op_type) {
 }  // namespace
 
 std::optional<ClsLink> follow_to_next_layer(const Graph& graph, size_t layer, Relu6Policy relu6,
-                                            std::string& why) {
+                                            std::string& why, bool gated_activations) {
   const Node& l1 = graph.nodes[layer];
   ClsLink link;
   std::string t = l1.outputs.at(0);
@@ -118,6 +119,20 @@ std::optional<ClsLink> follow_to_next_layer(const Graph& graph, size_t layer, Re
       case OpKind::Pool:
       case OpKind::Resize:
         break;
+      case OpKind::GatedActivation:
+        if (!gated_activations) {
+          why = std::string("'") + n.name + "' (" + (n.op_type.empty() ? gate_name(n.gate) : n.op_type) +
+                ") follows and is x·g(x), not positively homogeneous; scaling through it is exact with "
+                "gated_activations=True (--gated-activations)";
+          return std::nullopt;
+        }
+        if (!n.gate_scale.empty() && static_cast<int64_t>(n.gate_scale.size()) != l1.out_channels()) {
+          why = "'" + n.name + "' has " + std::to_string(n.gate_scale.size()) + " gate scales for " +
+                std::to_string(l1.out_channels()) + " channels";
+          return std::nullopt;
+        }
+        link.gated = true;
+        break;
       case OpKind::Add:
       case OpKind::Concat:
       case OpKind::Split:  // handled above
@@ -138,14 +153,14 @@ std::optional<ClsLink> follow_to_next_layer(const Graph& graph, size_t layer, Re
   }
 }
 
-ClsCandidates find_cls_sets(const Graph& graph, Relu6Policy relu6) {
+ClsCandidates find_cls_sets(const Graph& graph, Relu6Policy relu6, bool gated_activations) {
   ClsCandidates result;
   std::vector<bool> middle(graph.nodes.size(), false);
   for (size_t i = 0; i < graph.nodes.size(); ++i) {
     const Node& l1 = graph.nodes[i];
     if (l1.removed || !l1.is_layer() || middle[i] || l1.outputs.empty()) continue;
     std::string why;
-    const auto first = follow_to_next_layer(graph, i, relu6, why);
+    const auto first = follow_to_next_layer(graph, i, relu6, why, gated_activations);
     if (!first) {
       result.declined.push_back({"scale_cls_sets", {l1.name}, why});
       continue;
@@ -153,7 +168,7 @@ ClsCandidates find_cls_sets(const Graph& graph, Relu6Policy relu6) {
     const Node& l2 = graph.nodes[first->next];
     if (l2.is_depthwise() && !l1.is_depthwise()) {
       std::string why2;
-      const auto second = follow_to_next_layer(graph, first->next, relu6, why2);
+      const auto second = follow_to_next_layer(graph, first->next, relu6, why2, gated_activations);
       if (second && !graph.nodes[second->next].is_depthwise()) {
         result.sets.push_back({{l1.name, l2.name, graph.nodes[second->next].name}});
         middle[first->next] = true;

@@ -1,5 +1,6 @@
 // graph.cpp — Graph bookkeeping: name and tensor indices, lint, the arena.
 #include <algorithm>
+#include <cmath>
 #include <unordered_set>
 
 #include "prequant/errors.h"
@@ -24,8 +25,29 @@ const char* op_kind_name(OpKind kind) {
     case OpKind::Split: return "Split";
     case OpKind::Resize: return "Resize";
     case OpKind::Opaque: return "Opaque";
+    case OpKind::GatedActivation: return "GatedActivation";
   }
   return "?";
+}
+
+const char* gate_name(Gate gate) {
+  switch (gate) {
+    case Gate::Sigmoid: return "sigmoid";
+    case Gate::HardSigmoid: return "hard_sigmoid";
+    case Gate::GeluErf: return "gelu_erf";
+    case Gate::GeluTanh: return "gelu_tanh";
+  }
+  return "?";
+}
+
+double gate_value(Gate gate, double z) {
+  switch (gate) {
+    case Gate::Sigmoid: return 1.0 / (1.0 + std::exp(-z));
+    case Gate::HardSigmoid: return std::clamp(z + 3.0, 0.0, 6.0) / 6.0;
+    case Gate::GeluErf: return 0.5 * (1.0 + std::erf(z / std::sqrt(2.0)));
+    case Gate::GeluTanh: return 0.5 * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (z + 0.044715 * z * z * z)));
+  }
+  return 1.0;
 }
 
 bool Node::is_depthwise() const {
@@ -119,6 +141,11 @@ void lint_channel_node(const Node& n) {
       break;
     case OpKind::Resize:
       if (n.inputs.size() != 1 || n.outputs.size() != 1) fail("needs one data input and one output");
+      break;
+    case OpKind::GatedActivation:
+      if (n.inputs.size() != 1 || n.outputs.size() != 1) fail("needs one data input and one output");
+      for (double v : n.gate_scale)
+        if (!(v > 0) || !std::isfinite(v)) fail("has a gate scale that is not positive and finite");
       break;
     case OpKind::Split:
       if (n.inputs.size() != 1 || n.outputs.empty()) fail("needs one data input and one or more outputs");

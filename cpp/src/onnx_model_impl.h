@@ -78,6 +78,9 @@ struct Binding {
   ChannelAxis input_axis = ChannelAxis::Free;
   DType act_dtype = DType::Float32;
   double alpha = 0.01;  // LeakyRelu at load
+  // GatedActivation read from Mul(x, Sigmoid|HardSigmoid([Mul(x, s)])): the gate node and the
+  // inner Mul it absorbed (the IR node's onnx_node is the outer Mul); empty for HardSwish, Gelu.
+  std::vector<int> gate_parts;
 };
 
 // A float or double copy of an initializer that the IR views (and the passes edit).

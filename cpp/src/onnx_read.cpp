@@ -194,7 +194,15 @@ class Reader {
   std::unordered_map<std::string, int32_t> elem_type_;
   std::vector<std::vector<std::string>> implicit_;         // per ONNX node: outer-scope reads
   std::vector<int> fused_add_;                             // MatMul index -> Add index or -1
-  std::vector<bool> absorbed_;                             // an Add fused into its MatMul
+  std::vector<bool> absorbed_;                             // an Add fused into its MatMul, or
+                                                           // a gate fused into its Mul
+  struct GateForm {
+    Gate gate = Gate::Sigmoid;
+    std::string x;
+    std::vector<int> parts;        // gate node, then the inner Mul(x, s) if any
+    std::vector<double> scale;     // s, flattened (empty: 1)
+  };
+  std::unordered_map<int, GateForm> gate_of_;              // outer Mul index -> its gate
   std::unordered_set<std::string> ir_names_;
   // (node, input index) pairs that are IR parameters: their initializers may be edited.
   std::unordered_set<int64_t> param_uses_;
@@ -228,6 +236,7 @@ class Reader {
   void index_graph();
   std::vector<int> topological_order() const;
   void find_matmul_add();
+  void find_gated_activations();
   std::string unique_name(const pb::NodeProto& n, int index);
   TensorView view_of(const std::string& init, const std::string& node, const char* role,
                      bool flatten = false);
@@ -239,6 +248,7 @@ class Reader {
   std::string map_matmul(const pb::NodeProto& n, int idx, Node& node, Binding& b);
   std::string map_batch_norm(const pb::NodeProto& n, int idx, Node& node, Binding& b);
   std::string map_clip(const pb::NodeProto& n, int idx, Node& node, Binding& b);
+  std::string map_gated(const pb::NodeProto& n, const GateForm* form, Node& node, Binding& b);
   std::string map_prelu(const pb::NodeProto& n, int idx, Node& node, Binding& b);
   std::string map_pad(const pb::NodeProto& n, int idx, Node& node, Binding& b);
   std::string map_pool(const pb::NodeProto& n, Node& node);
@@ -377,6 +387,58 @@ std::vector<int> Reader::topological_order() const {
 
 bool is_float_initializer_2d(const pb::TensorProto* t) {
   return t && t->dims_size() == 2 && (t->data_type() == kFloat || t->data_type() == kDouble);
+}
+
+// x·g(x) written as Mul(x, G(x)) or Mul(x, G(Mul(x, s))) with G = Sigmoid (SiLU) or HardSigmoid
+// (alpha 1/6, beta 1/2: HardSwish) and s a constant: one GatedActivation, owned by the outer Mul.
+void Reader::find_gated_activations() {
+  const int n = g_.node_size();
+  auto plain = [&](int i, const char* op, int inputs) {
+    const auto& m = g_.node(i);
+    return default_domain(m) && m.op_type() == op && m.input_size() == inputs && m.output_size() == 1 &&
+           implicit_[static_cast<size_t>(i)].empty() && !absorbed_[static_cast<size_t>(i)];
+  };
+  auto single_use = [&](const std::string& t) {
+    const auto it = use_count_.find(t);
+    return it != use_count_.end() && it->second == 1;
+  };
+  for (int i = 0; i < n; ++i) {
+    if (!plain(i, "Mul", 2)) continue;
+    const auto& m = g_.node(i);
+    for (int k = 0; k < 2; ++k) {
+      const std::string& x = m.input(k);
+      const std::string& gt = m.input(1 - k);
+      const auto p = producer_.find(gt);
+      if (x.empty() || is_initializer(x) || p == producer_.end() || !single_use(gt)) continue;
+      const int gi = p->second;
+      GateForm form;
+      if (plain(gi, "Sigmoid", 1)) {
+        form.gate = Gate::Sigmoid;
+      } else if (plain(gi, "HardSigmoid", 1) && std::abs(attr_float(g_.node(gi), "alpha", 0.2) - 1.0 / 6) < 1e-6 &&
+                 std::abs(attr_float(g_.node(gi), "beta", 0.5) - 0.5) < 1e-6) {
+        form.gate = Gate::HardSigmoid;
+      } else {
+        continue;
+      }
+      form.x = x;
+      form.parts.push_back(gi);
+      const std::string& z = g_.node(gi).input(0);
+      if (z != x) {  // the scaled form: z = Mul(x, s)
+        const auto q = producer_.find(z);
+        if (q == producer_.end() || !single_use(z) || !plain(q->second, "Mul", 2)) continue;
+        const auto& zm = g_.node(q->second);
+        const int xk = zm.input(0) == x ? 0 : zm.input(1) == x ? 1 : -1;
+        if (xk < 0) continue;
+        const auto s = constant_values(zm.input(1 - xk), "the gate scale of '" + m.name() + "'");
+        if (!s || s->empty()) continue;
+        form.scale = *s;
+        form.parts.push_back(q->second);
+      }
+      for (int part : form.parts) absorbed_[static_cast<size_t>(part)] = true;
+      gate_of_[i] = std::move(form);
+      break;
+    }
+  }
 }
 
 void Reader::find_matmul_add() {
@@ -711,6 +773,25 @@ std::string Reader::map_clip(const pb::NodeProto& n, int idx, Node& node, Bindin
   return {};
 }
 
+std::string Reader::map_gated(const pb::NodeProto& n, const GateForm* form, Node& node, Binding& b) {
+  const std::string x = form ? form->x : n.input(0);
+  if (form) {
+    node.gate = form->gate;
+    node.gate_scale = form->scale;
+    b.gate_parts = form->parts;  // its parts were skipped already: this form must not fail
+  } else if (n.op_type() == "HardSwish") {
+    node.gate = Gate::HardSigmoid;
+  } else {
+    const std::string approximate = attr_string(n, "approximate", "none");
+    if (approximate != "none" && approximate != "tanh") return "its approximate attribute is '" + approximate + "'";
+    node.gate = approximate == "tanh" ? Gate::GeluTanh : Gate::GeluErf;
+  }
+  auto et = elem_type_.find(x);
+  if (et != elem_type_.end()) b.act_dtype = et->second == kDouble ? DType::Float64 : DType::Float32;
+  node.kind = OpKind::GatedActivation;
+  return {};
+}
+
 std::string Reader::map_prelu(const pb::NodeProto& n, int idx, Node& node, Binding& b) {
   if (n.input_size() != 2 || n.output_size() != 1) return "it does not have the form (X, slope) -> Y";
   const auto* st = initializer(n.input(1));
@@ -933,6 +1014,7 @@ std::string Reader::map_channel_node(const pb::NodeProto& n, Node& node) {
 void Reader::run() {
   index_graph();
   find_matmul_add();
+  find_gated_activations();
   const auto order = topological_order();
   const int count = g_.node_size();
   impl_.owner.assign(static_cast<size_t>(count), -1);
@@ -974,6 +1056,9 @@ void Reader::run() {
         node.kind = op == "Relu" ? OpKind::Relu : op == "Identity" ? OpKind::Identity : OpKind::LeakyRelu;
         node.alpha = b.alpha = attr_float(n, "alpha", 0.01);
       }
+    } else if (const auto gf = gate_of_.find(idx); gf != gate_of_.end() ||
+               ((op == "HardSwish" || op == "Gelu") && n.input_size() == 1 && n.output_size() == 1)) {
+      why = map_gated(n, gf == gate_of_.end() ? nullptr : &gf->second, node, b);
     } else if (op == "Clip") {
       why = map_clip(n, idx, node, b);
     } else if (op == "PRelu") {
@@ -1016,6 +1101,10 @@ void Reader::run() {
           node.inputs.push_back(n.input(k));
           b.inputs.push_back({idx, k, n.input(k)});
         }
+    } else if (const auto gf = gate_of_.find(idx); node.kind == OpKind::GatedActivation && gf != gate_of_.end()) {
+      const int k = n.input(0) == gf->second.x ? 0 : 1;
+      node.inputs.push_back(gf->second.x);
+      b.inputs.push_back({idx, k, gf->second.x});
     } else if (!x.empty() && !is_initializer(x)) {
       node.inputs.push_back(x);
       b.inputs.push_back({idx, 0, x});
@@ -1034,19 +1123,21 @@ void Reader::run() {
       }
     // Channel-axis bookkeeping for activations that pass channels through unchanged.
     if ((node.kind == OpKind::Relu || node.kind == OpKind::Identity || node.kind == OpKind::LeakyRelu ||
-         node.kind == OpKind::Clip || node.kind == OpKind::PRelu) && op != "Flatten") {
-      const TensorInfo xi = info(x);
+         node.kind == OpKind::Clip || node.kind == OpKind::PRelu || node.kind == OpKind::GatedActivation) &&
+        op != "Flatten") {
+      const TensorInfo xi = info(node.inputs.empty() ? x : node.inputs[0]);
       TensorInfo& yi = info_[n.output(0)];
       if (yi.rank < 0) yi.rank = xi.rank;
       yi.axis = xi.axis;
     }
-    if (node.kind == OpKind::Clip) {
-      b.input_rank = info(x).rank;
-      b.input_axis = info(x).axis;
+    if (node.kind == OpKind::Clip || node.kind == OpKind::GatedActivation) {
+      b.input_rank = info(node.inputs.empty() ? x : node.inputs[0]).rank;
+      b.input_axis = info(node.inputs.empty() ? x : node.inputs[0]).axis;
     }
     const int ir_index = static_cast<int>(graph.nodes.size());
     impl_.owner[static_cast<size_t>(idx)] = ir_index;
     if (b.onnx_add >= 0) impl_.owner[static_cast<size_t>(b.onnx_add)] = ir_index;
+    for (int part : b.gate_parts) impl_.owner[static_cast<size_t>(part)] = ir_index;
     impl_.bindings.push_back(std::move(b));
     graph.add(std::move(node));
   }

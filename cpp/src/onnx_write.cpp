@@ -10,6 +10,10 @@
 //     something outside the IR also reads keeps its values and the edited copy gets a new name;
 //   - a Clip the ReLU6 policy replaced becomes Relu; a per-channel bound becomes
 //     Relu → Min(bound of shape (C, 1, ..., 1));
+//   - a gated activation scaling passed through (gate_scale set) becomes, with standard ops,
+//     SiLU: Mul(x, Sigmoid(Mul(x, s))); HardSwish: Mul(x, HardSigmoid(Mul(x, s))) (alpha 1/6,
+//     beta 1/2); GELU (erf): Mul(Mul(x, Add(Erf(Mul(x, s/√2)), 1)), 1/2); GELU (tanh):
+//     Mul(Gelu(Mul(x, s), tanh), 1/s) — s of shape (C, 1, ..., 1);
 //   - initializers, Constant nodes and value_info that only the removed nodes used are dropped;
 //   - everything else (unknown ops, other domains, functions, metadata) is copied untouched.
 #include <cmath>
@@ -182,6 +186,7 @@ class Writer {
   std::string param_name(const Node& node, const ParamSlot& slot, const TensorView& v);
   void write_node(size_t ir_index);
   void write_clip(const Node& node, const Binding& b);
+  void write_gated(const Node& node, const Binding& b);
 };
 
 std::string Writer::param_name(const Node& node, const ParamSlot& slot, const TensorView& v) {
@@ -311,6 +316,97 @@ void Writer::write_clip(const Node& node, const Binding& b) {
   while (n.input_size() > 1 && n.input(n.input_size() - 1).empty()) n.mutable_input()->RemoveLast();
 }
 
+void Writer::write_gated(const Node& node, const Binding& b) {
+  if (node.gate_scale.empty() && b.gate_parts.empty()) return;  // HardSwish / Gelu as loaded
+  const size_t primary = static_cast<size_t>(b.onnx_node);
+  const pb::NodeProto& orig = nodes_[primary];
+  const std::string name = orig.name().empty() ? node.name : orig.name();
+  const std::string x = node.inputs.at(0), y = node.outputs.at(0);
+  const int32_t type = b.act_dtype == DType::Float32 ? kFloat : kDouble;
+  std::vector<int64_t> dims{static_cast<int64_t>(node.gate_scale.size())};
+  if (!node.gate_scale.empty() && (b.input_axis == ChannelAxis::Second || b.input_axis == ChannelAxis::Free)) {
+    if (b.input_rank < 2)
+      throw UnsupportedError("gated activation '" + node.name + "': the rank of its input is unknown, so the "
+                                 "per-channel gate scale cannot be shaped; add shape information "
+                                 "(onnx.shape_inference.infer_shapes) or equalize without --gated-activations",
+                             node.name);
+    for (int k = 2; k < b.input_rank; ++k) dims.push_back(1);
+  }
+  auto& seq = before_[primary];
+  auto constant = [&](const std::string& what, std::vector<double> values, bool per_channel) {
+    TensorView v;
+    v.dtype = DType::Float64;
+    v.data = values.data();
+    v.shape = per_channel ? dims : std::vector<int64_t>{};
+    pb::TensorProto t;
+    t.set_name(fresh(name + "." + what));
+    for (int64_t d : v.shape) t.add_dims(d);
+    fill_tensor(t, v, type);
+    const std::string out = t.name();
+    new_initializers_.push_back(std::move(t));
+    return out;
+  };
+  auto emit = [&](const char* op, std::vector<std::string> inputs, const std::string& out) {
+    pb::NodeProto n;
+    n.set_name(fresh_node_name(name + "_" + op));
+    n.set_op_type(op);
+    for (auto& i : inputs) n.add_input(i);
+    n.add_output(out);
+    seq.push_back(std::move(n));
+    return &seq.back();
+  };
+  std::vector<double> s = node.gate_scale;
+  const bool scaled = !s.empty();
+  if (node.gate == Gate::GeluErf) {
+    // x·Φ(s·x) = 0.5·x·(1 + erf(s·x/√2))
+    std::string u = fresh(y + "_scaled");
+    if (scaled) {
+      for (double& v : s) v /= std::sqrt(2.0);
+      emit("Mul", {x, constant("gate_scale", s, true)}, u);
+    } else {
+      emit("Mul", {x, constant("inv_sqrt2", {1.0 / std::sqrt(2.0)}, false)}, u);
+    }
+    const std::string e = fresh(y + "_erf"), a = fresh(y + "_gate2"), h = fresh(y + "_times_gate2");
+    emit("Erf", {u}, e);
+    emit("Add", {e, constant("one", {1.0}, false)}, a);
+    emit("Mul", {x, a}, h);
+    emit("Mul", {h, constant("half", {0.5}, false)}, y);
+  } else {
+    std::string z = x;
+    if (scaled) {
+      z = fresh(y + "_scaled");
+      emit("Mul", {x, constant("gate_scale", s, true)}, z);
+    }
+    const std::string g = fresh(y + "_gate");
+    if (node.gate == Gate::Sigmoid) {
+      emit("Sigmoid", {z}, g);
+    } else if (node.gate == Gate::HardSigmoid) {
+      pb::NodeProto* h = emit("HardSigmoid", {z}, g);
+      pb::AttributeProto* alpha = h->add_attribute();
+      alpha->set_name("alpha");
+      alpha->set_type(pb::AttributeProto::FLOAT);
+      alpha->set_f(1.0f / 6.0f);
+      pb::AttributeProto* beta = h->add_attribute();
+      beta->set_name("beta");
+      beta->set_type(pb::AttributeProto::FLOAT);
+      beta->set_f(0.5f);
+    } else {  // GeluTanh: Gelu(s·x, tanh)/s
+      pb::NodeProto* h = emit("Gelu", {z}, scaled ? g : y);
+      pb::AttributeProto* approx = h->add_attribute();
+      approx->set_name("approximate");
+      approx->set_type(pb::AttributeProto::STRING);
+      approx->set_s("tanh");
+      if (scaled) {
+        for (double& v : s) v = 1.0 / v;
+        emit("Mul", {g, constant("inv_gate_scale", s, true)}, y);
+      }
+    }
+    if (node.gate != Gate::GeluTanh) emit("Mul", {x, g}, y);
+  }
+  replaced_[primary] = true;
+  for (int part : b.gate_parts) drop_[static_cast<size_t>(part)] = true;
+}
+
 void Writer::write_node(size_t ir_index) {
   const Node& node = impl_.graph.nodes[ir_index];
   const Binding& b = impl_.bindings[ir_index];
@@ -318,6 +414,7 @@ void Writer::write_node(size_t ir_index) {
   if (node.removed) {
     drop_[primary] = true;
     if (b.onnx_add >= 0) drop_[static_cast<size_t>(b.onnx_add)] = true;
+    for (int part : b.gate_parts) drop_[static_cast<size_t>(part)] = true;
     return;
   }
   if (node.kind != b.kind && !(b.kind == OpKind::Clip && node.kind == OpKind::Relu))
@@ -380,6 +477,7 @@ void Writer::write_node(size_t ir_index) {
   }
 
   if (b.kind == OpKind::Clip) write_clip(node, b);
+  if (b.kind == OpKind::GatedActivation) write_gated(node, b);
   if (b.kind == OpKind::LeakyRelu && node.alpha != b.alpha) {
     pb::NodeProto& n = nodes_[primary];
     pb::AttributeProto* attr = nullptr;

@@ -59,7 +59,19 @@ void explain_declined(std::ostringstream& out, const std::vector<Declined>& v, c
 }
 
 const char* edit_kind_name(ActivationEdit::Kind k) {
-  return k == ActivationEdit::Kind::ReplacedWithRelu ? "replaced_with_relu" : "bounded_per_channel";
+  switch (k) {
+    case ActivationEdit::Kind::ReplacedWithRelu: return "replaced_with_relu";
+    case ActivationEdit::Kind::BoundedPerChannel: return "bounded_per_channel";
+    case ActivationEdit::Kind::GateScaled: return "gate_scaled";
+  }
+  return "?";
+}
+
+// One line per gated activation scaling passed through.
+void explain_gates(std::ostringstream& out, const std::vector<ActivationEdit>& edits) {
+  for (const auto& e : edits)
+    if (e.kind == ActivationEdit::Kind::GateScaled)
+      out << "  " << e.node << ": x·g(s·x), gate scale s " << spread(e.gate_scale) << " (FP32 output unchanged)\n";
 }
 
 }  // namespace
@@ -101,7 +113,10 @@ static json with_sweep_stats(json out, const SweepResult& r) {
 static json edits_json(const std::vector<ActivationEdit>& edits) {
   json out = json::array();
   for (const auto& e : edits)
-    out.push_back({{"node", e.node}, {"kind", edit_kind_name(e.kind)}, {"upper_bound", numbers(e.upper_bound)}});
+    if (e.kind == ActivationEdit::Kind::GateScaled)
+      out.push_back({{"node", e.node}, {"kind", edit_kind_name(e.kind)}, {"gate_scale", numbers(e.gate_scale)}});
+    else
+      out.push_back({{"node", e.node}, {"kind", edit_kind_name(e.kind)}, {"upper_bound", numbers(e.upper_bound)}});
   return out;
 }
 
@@ -243,6 +258,7 @@ std::string explain(const ClsResult& r) {
       out << ": scale " << spread(p.scale) << "\n";
     }
   }
+  explain_gates(out, r.activation_edits);
   explain_declined(out, r.declined);
   return out.str();
 }
@@ -270,9 +286,11 @@ std::string explain(const ClsRegionsResult& r) {
     out << "    scale " << spread(g.scale) << "\n";
   }
   for (const auto& e : r.activation_edits)
-    out << "  " << e.node
-        << (e.kind == ActivationEdit::Kind::ReplacedWithRelu ? ": replaced with ReLU\n"
-                                                             : ": clipped per channel (bound " + spread(e.upper_bound) + ")\n");
+    if (e.kind != ActivationEdit::Kind::GateScaled)
+      out << "  " << e.node
+          << (e.kind == ActivationEdit::Kind::ReplacedWithRelu ? ": replaced with ReLU\n"
+                                                               : ": clipped per channel (bound " + spread(e.upper_bound) + ")\n");
+  explain_gates(out, r.activation_edits);
   explain_declined(out, r.declined);
   return out.str();
 }

@@ -16,6 +16,8 @@
 //   Guards: a zero or non-finite range gives s = 1; s is clamped to [min_scale, max_scale].
 //   ReLU6 inside: 'replace' turns the clip into ReLU; 'bound' divides its per-channel upper
 //   bound by s (exact); 'skip' regions were declined by find_cls_regions.
+//   Gated activation inside (options.gated_activations): gate_scale[c] *= s[j] (x·g(x) with
+//   x = s·x' is s·x'·g(s·x'): exact).
 //   Regions sharing a layer (a sink of one is a source of the next) disturb each other: with
 //   max_iterations > 1 all regions are swept again until no |ln s| reaches `tolerance`.
 #include <algorithm>
@@ -43,7 +45,8 @@ std::string listed(const std::vector<std::string>& names) {
 }
 
 PlannedRegion plan_region(const Graph& graph, const ClsRegionSpec& spec,
-                          const std::unordered_map<std::string, int64_t>& counts, Relu6Policy relu6) {
+                          const std::unordered_map<std::string, int64_t>& counts, Relu6Policy relu6,
+                          bool gated) {
   if (spec.sources.empty()) throw InvalidRequestError("a CLS region names no source layer");
   const auto start = graph.find(spec.sources[0]);
   if (!start) throw InvalidRequestError("CLS region names '" + spec.sources[0] + "', which is not in the graph",
@@ -53,7 +56,7 @@ PlannedRegion plan_region(const Graph& graph, const ClsRegionSpec& spec,
                               "layers can be scaled", spec.sources[0]);
   std::string why, blocker;
   PlannedRegion partial;
-  auto region = grow_region(graph, *start, counts, relu6, why, blocker, partial);
+  auto region = grow_region(graph, *start, counts, relu6, why, blocker, partial, gated);
   if (!region)
     throw InvalidRequestError("cannot scale the region of '" + spec.sources[0] + "': " + why, spec.sources[0]);
   auto sorted = [](std::vector<std::string> v) {
@@ -134,6 +137,12 @@ double scale_region(Graph& graph, Transaction& tx, const PlannedRegion& r, std::
     const auto& map = r.channel_of.at(n.inputs[0]);
     for (size_t c = 0; c < map.size(); ++c) n.clip_max_per_channel[c] /= s[map[c]];
   }
+  for (size_t b : r.gates) {
+    Node& n = graph.nodes[b];
+    const auto& map = r.channel_of.at(n.inputs[0]);
+    if (n.gate_scale.empty()) n.gate_scale.assign(map.size(), 1.0);
+    for (size_t c = 0; c < map.size(); ++c) n.gate_scale[c] *= s[map[c]];
+  }
   return max_log;
 }
 
@@ -143,7 +152,8 @@ ClsRegionsResult scale_cls_regions(Graph& graph, const std::vector<ClsRegionSpec
                                    const ClsOptions& options) {
   const auto counts = tensor_channel_counts(graph);
   std::vector<PlannedRegion> regions;
-  for (const auto& spec : specs) regions.push_back(plan_region(graph, spec, counts, options.relu6));
+  for (const auto& spec : specs)
+    regions.push_back(plan_region(graph, spec, counts, options.relu6, options.gated_activations));
 
   Transaction tx(graph);
   for (const auto& r : regions)
@@ -194,6 +204,9 @@ ClsRegionsResult scale_cls_regions(Graph& graph, const std::vector<ClsRegionSpec
       if (n.kind == OpKind::Clip && !n.clip_max_per_channel.empty())
         result.activation_edits.push_back({n.name, ActivationEdit::Kind::BoundedPerChannel, n.clip_max_per_channel});
     }
+  for (const auto& r : regions)
+    for (size_t b : r.gates)
+      result.activation_edits.push_back({graph.nodes[b].name, ActivationEdit::Kind::GateScaled, {}, graph.nodes[b].gate_scale});
   tx.commit();
   return result;
 }

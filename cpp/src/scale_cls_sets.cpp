@@ -11,6 +11,8 @@
 //   Guards: a channel with a zero range gets scale 1; s is clamped to [min_scale, max_scale].
 //   ReLU6 between: 'replace' turns the clip into ReLU; 'bound' divides the clip's per-channel
 //   upper bound by the same s, which keeps the FP32 output exact.
+//   Gated activation between (options.gated_activations): x·g(x) of L1's output y = s·y' is
+//   s·y'·g(s·y'), so it becomes y'·g(gate_scale·y') with gate_scale[c] *= s[c] (exact).
 //   Overlapping sets (L1→L2, L2→L3) disturb each other; with max_iterations > 1 a set is scaled
 //   again while a neighbour sharing one of its layers moved by |ln s| ≥ `tolerance`, until no set
 //   moves or the iterations run out. Reported scales are the product over iterations. With
@@ -36,7 +38,7 @@ struct PlannedSet {
   std::vector<ClsLink> links;  // layers.size() - 1 links
 };
 
-PlannedSet plan_set(const Graph& graph, const ClsSetSpec& spec, Relu6Policy relu6) {
+PlannedSet plan_set(const Graph& graph, const ClsSetSpec& spec, Relu6Policy relu6, bool gated) {
   if (spec.layers.size() != 2 && spec.layers.size() != 3)
     throw InvalidRequestError("a CLS set has 2 layers (a pair) or 3 (conv, depthwise, conv); got " +
                               std::to_string(spec.layers.size()));
@@ -57,7 +59,7 @@ PlannedSet plan_set(const Graph& graph, const ClsSetSpec& spec, Relu6Policy relu
                               spec.layers[1]);
   for (size_t k = 0; k + 1 < set.layers.size(); ++k) {
     std::string why;
-    auto link = follow_to_next_layer(graph, set.layers[k], relu6, why);
+    auto link = follow_to_next_layer(graph, set.layers[k], relu6, why, gated);
     if (!link)
       throw InvalidRequestError("cannot scale '" + spec.layers[k] + "' → '" + spec.layers[k + 1] +
                                     "': " + why,
@@ -108,6 +110,16 @@ void multiply_bounds(Graph& graph, const ClsLink& link, const std::vector<double
     Node& n = graph.nodes[b];
     if (n.kind != OpKind::Clip || n.clip_max_per_channel.empty()) continue;
     for (size_t c = 0; c < f.size(); ++c) n.clip_max_per_channel[c] *= f[c];
+  }
+}
+
+// A gated activation between follows the first layer's output x·f: gate_scale[c] /= f[c].
+void divide_gate_scales(Graph& graph, const ClsLink& link, const std::vector<double>& f) {
+  for (size_t b : link.between) {
+    Node& n = graph.nodes[b];
+    if (n.kind != OpKind::GatedActivation) continue;
+    if (n.gate_scale.empty()) n.gate_scale.assign(f.size(), 1.0);
+    for (size_t c = 0; c < f.size(); ++c) n.gate_scale[c] /= f[c];
   }
 }
 
@@ -164,7 +176,7 @@ auto make_chain_correction(const std::vector<PlannedSet>& sets, Total& total, co
 ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, const ClsOptions& options) {
   check_options(options);
   std::vector<PlannedSet> sets;
-  for (const auto& spec : specs) sets.push_back(plan_set(graph, spec, options.relu6));
+  for (const auto& spec : specs) sets.push_back(plan_set(graph, spec, options.relu6, options.gated_activations));
   require_distinct_pairs(graph, sets);
 
   Transaction tx(graph);
@@ -335,6 +347,9 @@ ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, con
   for (const auto& set : sets)
     for (size_t p = 0; p < set.links.size(); ++p)
       multiply_bounds(graph, set.links[p], state.at(set.layers[p]).out_factor);
+  for (const auto& set : sets)
+    for (size_t p = 0; p < set.links.size(); ++p)
+      divide_gate_scales(graph, set.links[p], state.at(set.layers[p]).out_factor);
 
   for (size_t k = 0; k < sets.size(); ++k) {
     ClsSetResult out;
@@ -356,6 +371,8 @@ ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, con
         if (n.kind == OpKind::Clip && !n.clip_max_per_channel.empty())
           result.activation_edits.push_back(
               {n.name, ActivationEdit::Kind::BoundedPerChannel, n.clip_max_per_channel});
+        if (n.kind == OpKind::GatedActivation)
+          result.activation_edits.push_back({n.name, ActivationEdit::Kind::GateScaled, {}, n.gate_scale});
       }
   tx.commit();
   return result;
@@ -363,7 +380,7 @@ ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, con
 
 ClsResult scale_model(Graph& graph, const ClsOptions& options) {
   check_options(options);
-  ClsCandidates found = find_cls_sets(graph, options.relu6);
+  ClsCandidates found = find_cls_sets(graph, options.relu6, options.gated_activations);
   ClsResult result = scale_cls_sets(graph, found.sets, options);
   result.declined = std::move(found.declined);
   return result;

@@ -19,8 +19,8 @@ namespace prequant {
 
 ClsResult scale_model_with_regions(Graph& graph, const ClsOptions& options, ClsRegionsResult& regions) {
   Transaction tx(graph);
-  ClsCandidates sets = find_cls_sets(graph, options.relu6);
-  ClsRegionCandidates found = find_cls_regions(graph, options.relu6);
+  ClsCandidates sets = find_cls_sets(graph, options.relu6, options.gated_activations);
+  ClsRegionCandidates found = find_cls_regions(graph, options.relu6, options.gated_activations);
   ClsOptions one_sweep = options;
   one_sweep.max_iterations = 1;
 
@@ -45,11 +45,14 @@ ClsResult scale_model_with_regions(Graph& graph, const ClsOptions& options, ClsR
     chains.converged = again.converged;
   }
   regions.converged = regions.last_max_log_scale < options.tolerance;
-  // Clip bounds as they ended (later rounds moved them again).
+  // Clip bounds and gate scales as they ended (later rounds moved them again).
   for (auto* edits : {&chains.activation_edits, &regions.activation_edits})
-    for (auto& e : *edits)
+    for (auto& e : *edits) {
       if (e.kind == ActivationEdit::Kind::BoundedPerChannel)
         if (const auto i = graph.find(e.node)) e.upper_bound = graph.nodes[*i].clip_max_per_channel;
+      if (e.kind == ActivationEdit::Kind::GateScaled)
+        if (const auto i = graph.find(e.node)) e.gate_scale = graph.nodes[*i].gate_scale;
+    }
 
   std::unordered_set<std::string> in_region;
   for (const auto& r : regions.regions) in_region.insert(r.sources.begin(), r.sources.end());

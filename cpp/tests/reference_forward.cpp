@@ -8,6 +8,7 @@
 //   conv             y[n,o,p] = b[o] + Σ_{i in o's group, k} W[o,i,k]·x[n,i, p·stride + k − pad_begin]
 //   transposed conv  y[n,o, q·stride + k − pad_begin] += W[o,i,k]·x[n,i,q], then + b[o]
 //   batch norm       γ·(x − μ)/sqrt(var + ε) + β;  clip per channel when clip_max_per_channel is set
+//   gated            x·g(gate_scale[c]·x): sigmoid, relu6(z + 3)/6, Φ(z), GELU's tanh form
 // W[o,i,k] is located by weight_flat_index (reference_model.cpp), never by the engine's channel
 // routines. Attributes the IR lacks (padding, strides, pool kind, opaque function) come from
 // RefModel::attrs.
@@ -412,6 +413,19 @@ std::map<std::string, Tensor> RefModel::forward_all(const std::vector<Tensor>& i
           env[n.outputs[k]] = slice_channels(x, n.slice_begin.at(k), n.slice_end.at(k));
         continue;
       case OpKind::Resize: y = upsample2_forward(x); break;
+      case OpKind::GatedActivation:  // written from the definitions, not with prequant::gate_value
+        y = per_channel(x, [&](double v, int64_t c) {
+          const double z = (n.gate_scale.empty() ? 1.0 : n.gate_scale.at(c)) * v;
+          switch (n.gate) {
+            case prequant::Gate::Sigmoid: return v / (1.0 + std::exp(-z));
+            case prequant::Gate::HardSigmoid: return v * std::min(std::max(z + 3.0, 0.0), 6.0) / 6.0;
+            case prequant::Gate::GeluErf: return v * 0.5 * std::erfc(-z / std::sqrt(2.0));
+            case prequant::Gate::GeluTanh:
+              return v * 0.5 * (1.0 + std::tanh(0.7978845608028654 * (z + 0.044715 * z * z * z)));
+          }
+          return 0.0;
+        });
+        break;
       case OpKind::Opaque:
         if (at.opaque_fn == "add") {
           y = x;

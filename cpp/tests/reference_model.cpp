@@ -467,6 +467,14 @@ std::string RefModel::resize(const std::string& name, const std::string& x) {
   return out_name(name);
 }
 
+std::string RefModel::gated(const std::string& name, const std::string& x, prequant::Gate gate) {
+  Node n = simple(name, OpKind::GatedActivation, prequant::gate_name(gate), x);
+  n.gate = gate;
+  attrs[name] = {};
+  graph.add(std::move(n));
+  return out_name(name);
+}
+
 std::string RefModel::opaque(const std::string& name, const std::vector<std::string>& xs,
                              const std::string& fn) {
   Node n;

@@ -170,6 +170,8 @@ class RefModel {
   std::vector<std::string> split(const std::string& name, const std::string& x,
                                  const std::vector<std::pair<int64_t, int64_t>>& ranges);
   std::string resize(const std::string& name, const std::string& x);
+  // x·g(x): SiLU (Sigmoid), HardSwish (HardSigmoid), GELU (GeluErf / GeluTanh).
+  std::string gated(const std::string& name, const std::string& x, prequant::Gate gate);
 
   prequant::Node& node(const std::string& name) { return graph.at(name); }
   const NodeAttrs& attr(const std::string& name) const { return attrs.at(name); }

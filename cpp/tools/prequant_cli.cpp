@@ -3,6 +3,7 @@
 //   prequant inspect  MODEL.onnx [--json] [--explain]
 //   prequant fold     MODEL.onnx -o OUT.onnx [--explain] [--json] [--overwrite]
 //   prequant equalize MODEL.onnx -o OUT.onnx [--relu6 replace|bound|skip] [--high-bias] [--regions]
+//                     [--gated-activations]
 //                     [--iterations N] [--explain] [--json] [--overwrite]
 //   prequant report   MODEL.onnx -o OUT_DIR [--relu6 ...] [--high-bias] [--iterations N]
 //                     [--before folded|original] [--bits B] [--max-layer-plots N] [--max-channels N]
@@ -52,6 +53,7 @@ struct Options {
   bool bias_correction_per_channel = false;
   bool bias_correction_asymmetric = false;
   bool regions = false;
+  bool gated_activations = false;
   int iterations = prequant::kDefaultMaxIterations;
   std::string before = "folded";  // report: the baseline
   int bits = 8;
@@ -186,6 +188,7 @@ prequant::EqualizeOptions equalize_options(const Options& o) {
   options.bias_quantizer.per_channel = o.bias_correction_per_channel;
   options.bias_quantizer.symmetric = !o.bias_correction_asymmetric;
   options.regions = o.regions;
+  options.cls.gated_activations = o.gated_activations;
   return options;
 }
 
@@ -336,6 +339,9 @@ int main(int argc, char** argv) {
     sub->add_flag("--regions,!--no-regions", o.regions,
                   "Also equalize regions beyond chains: layers meeting in residual Adds, Concats, "
                   "Splits and fan-out (off by default)");
+    sub->add_flag("--gated-activations,!--no-gated-activations", o.gated_activations,
+                  "Also scale through x·g(x) activations (SiLU, HardSwish, GELU), rewriting each as "
+                  "x·g(s·x) with a per-channel gate scale: exact in FP32 (off by default)");
     sub->add_option("--iterations", o.iterations,
                     "Maximum CLS iterations over overlapping sets (1 = one pass, as AIMET)")
         ->check(CLI::Range(1, 1000000));

@@ -148,6 +148,8 @@ struct NodeInfo {
   std::vector<double> clip_max_per_channel;
   double alpha = 0.0;
   bool has_slope = false;
+  std::string gate;                 // gated: sigmoid, hard_sigmoid, gelu_erf, gelu_tanh
+  std::vector<double> gate_scale;   // gated: y = x·g(gate_scale[c]·x); empty = 1
 };
 
 // Python names of node kinds (also accepted by add_activation).
@@ -168,6 +170,7 @@ const char* kind_text(OpKind k) {
     case OpKind::Split: return "split";
     case OpKind::Resize: return "resize";
     case OpKind::Opaque: return "opaque";
+    case OpKind::GatedActivation: return "gated";
   }
   return "opaque";
 }
@@ -197,6 +200,10 @@ NodeInfo info_of(const Node& n) {
   i.clip_max_per_channel = n.clip_max_per_channel;
   i.alpha = n.alpha;
   i.has_slope = !n.slope.empty();
+  if (n.kind == OpKind::GatedActivation) {
+    i.gate = gate_name(n.gate);
+    i.gate_scale = n.gate_scale;
+  }
   return i;
 }
 
@@ -312,7 +319,7 @@ void bind_graph(nb::module_& m) {
   nb::class_<NodeInfo>(m, "NodeInfo", "A read-only snapshot of one graph node.")
       .def_ro("name", &NodeInfo::name)
       .def_ro("kind", &NodeInfo::kind, "conv, linear, batch_norm, relu, clip, leaky_relu, prelu, "
-                                       "identity, zero_pad, pool, add, concat, split, resize or opaque")
+                                       "identity, zero_pad, pool, add, concat, split, resize, gated or opaque")
       .def_ro("op_type", &NodeInfo::op_type)
       .def_ro("inputs", &NodeInfo::inputs)
       .def_ro("outputs", &NodeInfo::outputs)
@@ -338,6 +345,9 @@ void bind_graph(nb::module_& m) {
                    "per-channel upper bounds set by the 'bound' ReLU6 policy (empty otherwise)")
       .def_ro("alpha", &NodeInfo::alpha)
       .def_ro("has_slope", &NodeInfo::has_slope)
+      .def_ro("gate", &NodeInfo::gate, "gated: sigmoid (SiLU), hard_sigmoid (HardSwish), gelu_erf or gelu_tanh")
+      .def_prop_ro("gate_scale", [](const NodeInfo& i) { return numpy_of(i.gate_scale); },
+                   "gated: y = x·g(gate_scale[c]·x), set by scaling through it (empty: 1)")
       .def("__repr__", [](const NodeInfo& i) {
         return "NodeInfo(name='" + i.name + "', kind='" + i.kind + "'" + (i.removed ? ", removed" : "") + ")";
       });
@@ -444,6 +454,31 @@ void bind_graph(nb::module_& m) {
           "(clip_max_per_channel), as a ReLU6 bounded by an earlier scaling does. A pool has "
           "`has_padding=True` when padded zeros enter its output (an average pool counting its padding, "
           "or one with a divisor override); max-pool padding (-inf) does not.")
+      .def(
+          "add_gated_activation",
+          [](PyGraph& self, const std::string& name, const std::string& gate, nb::handle inputs, nb::handle outputs,
+             nb::handle gate_scale, const std::string& op_type) {
+            Node node;
+            node.name = name;
+            node.kind = OpKind::GatedActivation;
+            node.op_type = op_type;
+            node.inputs = names_of(inputs, "inputs");
+            node.outputs = names_of(outputs, "outputs");
+            static const Gate gates[] = {Gate::Sigmoid, Gate::HardSigmoid, Gate::GeluErf, Gate::GeluTanh};
+            bool known = false;
+            for (Gate g : gates)
+              if (gate == gate_name(g)) node.gate = g, known = true;
+            if (!known)
+              throw InvalidRequestError("Unknown gate '" + gate + "' for '" + name +
+                                            "'; use sigmoid (SiLU), hard_sigmoid (HardSwish), gelu_erf or gelu_tanh (GELU).",
+                                        name);
+            if (!gate_scale.is_none()) node.gate_scale = doubles_of(gate_scale, "gate_scale of '" + name + "'");
+            add_node(self, std::move(node), {});
+          },
+          "name"_a, "gate"_a, "inputs"_a, "outputs"_a, "gate_scale"_a = nb::none(), "op_type"_a = "",
+          "Adds a gated activation y = x·g(gate_scale[c]·x): gate 'sigmoid' (SiLU/Swish), 'hard_sigmoid' "
+          "(HardSwish: relu6(z + 3)/6), 'gelu_erf' or 'gelu_tanh' (GELU). Cross-layer scaling passes through "
+          "it with gated_activations=True, multiplying gate_scale.")
       .def(
           "add_split",
           [](PyGraph& self, const std::string& name, nb::handle inputs, nb::handle outputs,

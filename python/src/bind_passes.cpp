@@ -156,53 +156,55 @@ void bind_passes(nb::module_& m) {
 
   m.def(
       "find_cls_sets",
-      [](const PyGraph& g, const std::string& relu6) {
+      [](const PyGraph& g, const std::string& relu6, bool gated) {
         Relu6Policy policy = parse_relu6_policy(relu6);
-        return run_without_gil(g, [&](Graph& graph) { return find_cls_sets(graph, policy); });
+        return run_without_gil(g, [&](Graph& graph) { return find_cls_sets(graph, policy, gated); });
       },
-      "graph"_a, "relu6"_a = "bound",
+      "graph"_a, "relu6"_a = "bound", "gated_activations"_a = false,
       "The CLS sets (pairs and conv → depthwise → conv triples) scale_model would scale, and the candidates declined.");
 
   m.def(
       "scale_cls_sets",
       [](const PyGraph& g, nb::handle sets, const std::string& relu6, int max_iterations, double tolerance,
-         double min_scale, double max_scale) {
+         double min_scale, double max_scale, bool gated) {
         auto specs = cls_sets_of(sets);
         ClsOptions o = cls_options(relu6, max_iterations, tolerance, min_scale, max_scale);
+        o.gated_activations = gated;
         return run_without_gil(g, [&](Graph& graph) { return scale_cls_sets(graph, specs, o); });
       },
       "graph"_a, "sets"_a, "relu6"_a = "bound", "max_iterations"_a = kDefaultMaxIterations, "tolerance"_a = 1e-6, "min_scale"_a = 1e-6,
-      "max_scale"_a = 1e6,
+      "max_scale"_a = 1e6, "gated_activations"_a = false,
       "Scales the given sets (ClsCandidates, or lists of 2 or 3 layer names / ClsSetSpec). relu6: 'replace', "
       "'bound' or 'skip'.");
 
   m.def(
       "scale_model",
       [](const PyGraph& g, const std::string& relu6, int max_iterations, double tolerance, double min_scale,
-         double max_scale, bool solve_chains) {
+         double max_scale, bool solve_chains, bool gated) {
         ClsOptions o = cls_options(relu6, max_iterations, tolerance, min_scale, max_scale);
         o.solve_chains = solve_chains;
+        o.gated_activations = gated;
         return run_without_gil(g, [&](Graph& graph) { return scale_model(graph, o); });
       },
       "graph"_a, "relu6"_a = "bound", "max_iterations"_a = kDefaultMaxIterations, "tolerance"_a = 1e-6, "min_scale"_a = 1e-6,
-      "max_scale"_a = 1e6, "solve_chains"_a = true,
+      "max_scale"_a = 1e6, "solve_chains"_a = true, "gated_activations"_a = false,
       "Finds the CLS sets and scales them. solve_chains=False: plain Gauss-Seidel sweeps (the reference; "
       "the sweeps needed then grow ~N² on an N-layer chain).");
 
   m.def(
       "find_cls_regions",
-      [](const PyGraph& g, const std::string& relu6) {
+      [](const PyGraph& g, const std::string& relu6, bool gated) {
         Relu6Policy policy = parse_relu6_policy(relu6);
-        return run_without_gil(g, [&](Graph& graph) { return find_cls_regions(graph, policy); });
+        return run_without_gil(g, [&](Graph& graph) { return find_cls_regions(graph, policy, gated); });
       },
-      "graph"_a, "relu6"_a = "bound",
+      "graph"_a, "relu6"_a = "bound", "gated_activations"_a = false,
       "The equalization regions beyond chains (residual Adds, Concats, Splits, fan-out) and the regions "
       "declined, each with the node that stops it.");
 
   m.def(
       "scale_cls_regions",
       [](const PyGraph& g, nb::handle regions, const std::string& relu6, int max_iterations, double tolerance,
-         double min_scale, double max_scale) {
+         double min_scale, double max_scale, bool gated) {
         std::vector<ClsRegionSpec> specs;
         if (nb::isinstance<ClsRegionCandidates>(regions)) {
           specs = nb::cast<const ClsRegionCandidates&>(regions).regions;
@@ -215,10 +217,11 @@ void bind_passes(nb::module_& m) {
           }
         }
         ClsOptions o = cls_options(relu6, max_iterations, tolerance, min_scale, max_scale);
+        o.gated_activations = gated;
         return run_without_gil(g, [&](Graph& graph) { return scale_cls_regions(graph, specs, o); });
       },
       "graph"_a, "regions"_a, "relu6"_a = "bound", "max_iterations"_a = 1, "tolerance"_a = 1e-6,
-      "min_scale"_a = 1e-6, "max_scale"_a = 1e6,
+      "min_scale"_a = 1e-6, "max_scale"_a = 1e6, "gated_activations"_a = false,
       "Scales the given regions (ClsRegionCandidates or [ClsRegionSpec]): per region channel, the largest "
       "source range is balanced against the largest sink range.");
 
@@ -267,10 +270,11 @@ void bind_passes(nb::module_& m) {
       "equalize_model",
       [](const PyGraph& g, const std::string& relu6, int max_iterations, double tolerance, double min_scale,
          double max_scale, bool fold, bool absorb, double sigmas, bool bias_correction, int bits, bool per_channel,
-         bool symmetric, bool regions) {
+         bool symmetric, bool regions, bool gated) {
         EqualizeOptions o;
         o.regions = regions;
         o.cls = cls_options(relu6, max_iterations, tolerance, min_scale, max_scale);
+        o.cls.gated_activations = gated;
         o.fold = fold;
         o.absorb_high_bias = absorb;
         o.high_bias_sigmas = sigmas;
@@ -281,9 +285,10 @@ void bind_passes(nb::module_& m) {
       "graph"_a, "relu6"_a = "bound", "max_iterations"_a = kDefaultMaxIterations, "tolerance"_a = 1e-6, "min_scale"_a = 1e-6,
       "max_scale"_a = 1e6, "fold"_a = true, "absorb_high_bias"_a = false, "high_bias_sigmas"_a = 3.0,
       "bias_correction"_a = false, "bias_correction_bits"_a = 8, "bias_correction_per_channel"_a = false,
-      "bias_correction_symmetric"_a = true, "regions"_a = false,
+      "bias_correction_symmetric"_a = true, "regions"_a = false, "gated_activations"_a = false,
       "Unroll, fold, ReLU6 policy, cross-layer scaling (with regions=True also equalization regions: "
-      "residual Adds, Concats, fan-out), high-bias absorption and (optionally) analytic bias "
+      "residual Adds, Concats, fan-out; with gated_activations=True also through SiLU / HardSwish / "
+      "GELU, rewriting their gate scales), high-bias absorption and (optionally) analytic bias "
       "correction for the given weight quantizer, in one call.");
 }
 

@@ -16,7 +16,12 @@ namespace {
 using namespace nb::literals;
 
 const char* edit_kind_name(ActivationEdit::Kind k) {
-  return k == ActivationEdit::Kind::ReplacedWithRelu ? "replaced_with_relu" : "bounded_per_channel";
+  switch (k) {
+    case ActivationEdit::Kind::ReplacedWithRelu: return "replaced_with_relu";
+    case ActivationEdit::Kind::BoundedPerChannel: return "bounded_per_channel";
+    case ActivationEdit::Kind::GateScaled: return "gate_scaled";
+  }
+  return "?";
 }
 
 template <class T>
@@ -223,6 +228,7 @@ nb::dict to_dict(const ActivationEdit& e) {
   o["node"] = e.node;
   o["kind"] = edit_kind_name(e.kind);
   o["upper_bound"] = floats_of(e.upper_bound);
+  o["gate_scale"] = floats_of(e.gate_scale);
   return o;
 }
 
@@ -515,9 +521,11 @@ void bind_results(nb::module_& m) {
   auto edit = nb::class_<ActivationEdit>(m, "ActivationEdit", "A clip activation changed by the ReLU6 policy.");
   edit.def_ro("node", &ActivationEdit::node)
       .def_prop_ro("kind", [](const ActivationEdit& e) { return edit_kind_name(e.kind); },
-                   "'replaced_with_relu' or 'bounded_per_channel'")
+                   "'replaced_with_relu', 'bounded_per_channel' or 'gate_scaled'")
       .def_prop_ro("upper_bound", [](const ActivationEdit& e) { return numpy_of(e.upper_bound); },
                    "bounded_per_channel: channel c is clipped at upper_bound[c]")
+      .def_prop_ro("gate_scale", [](const ActivationEdit& e) { return numpy_of(e.gate_scale); },
+                   "gate_scaled: the activation is now x·g(gate_scale[c]·x)")
       .def("__repr__", [](const ActivationEdit& e) {
         return "ActivationEdit(" + quote(e.node) + ", " + quote(edit_kind_name(e.kind)) + ")";
       });

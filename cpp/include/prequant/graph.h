@@ -21,6 +21,11 @@
 //   Split      output k is channels [slice_begin[k], min(slice_end[k], C)) of the input
 //              (Split, Slice and Chunk on the channel axis)
 //   Resize     per-channel spatial resampling (nearest, linear): linear in each channel
+// Gated activations, y = x·g(gate_scale[c]·x) (SiLU, HardSwish, GELU): not positively homogeneous,
+// but with ClsOptions::gated_activations scaling passes through them exactly, by multiplying
+// gate_scale[c] by the s[c] the producer's channel c was divided by (x·g(x) = s·x'·g(s·x')):
+//   GatedActivation  gate: Sigmoid (SiLU), HardSigmoid (HardSwish: relu6(z + 3)/6),
+//                    GeluErf (Φ(z)), GeluTanh (GELU's tanh approximation); empty gate_scale = 1
 #pragma once
 
 #include <deque>
@@ -38,8 +43,15 @@ struct TransactionJournal;
 
 enum class OpKind {
   Conv, Linear, BatchNorm, Relu, Clip, LeakyRelu, PRelu, Identity, ZeroPad, Pool,
-  Add, Concat, Split, Resize, Opaque
+  Add, Concat, Split, Resize, Opaque,
+  GatedActivation
 };
+
+// The gate g of a GatedActivation y = x·g(gate_scale[c]·x).
+enum class Gate { Sigmoid, HardSigmoid, GeluErf, GeluTanh };
+const char* gate_name(Gate gate);  // "sigmoid", "hard_sigmoid", "gelu_erf", "gelu_tanh"
+// g(z) in double (the definition the reference tests and the front ends follow).
+double gate_value(Gate gate, double z);
 
 const char* op_kind_name(OpKind kind);
 
@@ -77,6 +89,10 @@ struct Node {
   std::vector<double> clip_max_per_channel; // Clip after the exact ReLU6 policy scaled it
   double alpha = 0.01;                      // LeakyRelu
   TensorView slope;                         // PRelu (one value, or one per channel)
+
+  // GatedActivation: y = x·g(gate_scale[c]·x); empty gate_scale means 1 for every channel
+  Gate gate = Gate::Sigmoid;
+  std::vector<double> gate_scale;
 
   // Split: one [begin, end) channel range per output (end may exceed the channel count: to the end)
   std::vector<int64_t> slice_begin, slice_end;

@@ -39,6 +39,9 @@ struct ClsOptions {
   // After each sweep, solve each chain of sets for a depth-wise correction (solve_cls_chains.cpp):
   // the sweeps to converge stop growing with depth. false = plain Gauss-Seidel sweeps (reference).
   bool solve_chains = true;
+  // Scale across x·g(x) activations (SiLU, HardSwish, GELU: OpKind::GatedActivation) by
+  // multiplying their gate_scale[c] by s[c] (exact). Off: they decline, as any non-homogeneous op.
+  bool gated_activations = false;
 };
 
 // The weight quantizer analytic bias correction assumes: the one the model will be quantized
@@ -83,7 +86,8 @@ FoldResult fold_given_batch_norms(Graph& graph, const std::vector<FoldRequest>& 
 ActivationResult replace_relu6_with_relu(Graph& graph);
 
 // find_cls_sets.cpp / scale_cls_sets.cpp
-ClsCandidates find_cls_sets(const Graph& graph, Relu6Policy relu6 = Relu6Policy::Bound);
+ClsCandidates find_cls_sets(const Graph& graph, Relu6Policy relu6 = Relu6Policy::Bound,
+                            bool gated_activations = false);
 ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& sets,
                          const ClsOptions& options = {});
 ClsResult scale_model(Graph& graph, const ClsOptions& options = {});
@@ -91,7 +95,8 @@ ClsResult scale_model(Graph& graph, const ClsOptions& options = {});
 // find_cls_regions.cpp / scale_cls_regions.cpp — regions beyond chains: sources meeting in one
 // tensor through Add / Concat / Split / fan-out / per-channel nodes, and the sinks reading it.
 // A region that is a plain chain (one source, one sink) is left to find_cls_sets.
-ClsRegionCandidates find_cls_regions(const Graph& graph, Relu6Policy relu6 = Relu6Policy::Bound);
+ClsRegionCandidates find_cls_regions(const Graph& graph, Relu6Policy relu6 = Relu6Policy::Bound,
+                                     bool gated_activations = false);
 ClsRegionsResult scale_cls_regions(Graph& graph, const std::vector<ClsRegionSpec>& regions,
                                    const ClsOptions& options = {});
 

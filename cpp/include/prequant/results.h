@@ -7,6 +7,7 @@
 
 #include <string>
 #include <vector>
+#include <utility>
 
 namespace prequant {
 
@@ -45,12 +46,19 @@ struct FoldResult {
   std::vector<Declined> declined;
 };
 
-// A clip activation changed by the ReLU6 policy.
+// A clip activation changed by the ReLU6 policy, or a gated activation (x·g(x)) scaling passed
+// through.
 struct ActivationEdit {
-  enum class Kind { ReplacedWithRelu, BoundedPerChannel };
+  enum class Kind { ReplacedWithRelu, BoundedPerChannel, GateScaled };
   std::string node;
   Kind kind = Kind::ReplacedWithRelu;
   std::vector<double> upper_bound;  // BoundedPerChannel: clip at upper_bound[c]
+  std::vector<double> gate_scale;   // GateScaled: y = x·g(gate_scale[c]·x), cumulative
+
+  ActivationEdit() = default;
+  ActivationEdit(std::string node_, Kind kind_, std::vector<double> upper_bound_ = {},
+                 std::vector<double> gate_scale_ = {})
+      : node(std::move(node_)), kind(kind_), upper_bound(std::move(upper_bound_)), gate_scale(std::move(gate_scale_)) {}
 };
 
 // One scaled pair of a CLS set: layer1's output channel c was divided by scale[c] and

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prequant import _core
-from prequant.torch.activations import BoundedReLU
+from prequant.torch.activations import BoundedReLU, GatedActivation
 from prequant.torch.op_conversions.base import SHAPE_METHODS, find_size_nodes
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -509,6 +509,10 @@ def _add_module(g, name, module, node, inputs, outputs, calls, rank=None, module
     elif isinstance(module, (nn.ReLU6, nn.Hardtanh)) and calls == 1:
         lo, hi = (0.0, 6.0) if isinstance(module, nn.ReLU6) else (module.min_val, module.max_val)
         g.add_activation(name, "clip", data_in, outputs, clip_min=lo, clip_max=hi, op_type=type_name)
+    elif _gate_of(module) is not None and calls == 1:
+        gate = _gate_of(module)
+        scale = module.gate_scale.double().tolist() if isinstance(module, GatedActivation) else None
+        g.add_gated_activation(name, gate, data_in, outputs, gate_scale=scale, op_type=type_name)
     elif isinstance(module, nn.LeakyReLU):
         g.add_activation(name, "leaky_relu", data_in, outputs, alpha=module.negative_slope, op_type=type_name)
     elif isinstance(module, nn.PReLU):
@@ -529,15 +533,29 @@ def _add_module(g, name, module, node, inputs, outputs, calls, rank=None, module
         g.add_activation(name, "zero_pad", data_in, outputs, op_type=type_name)
     else:
         why = type_name
-        if calls > 1 and isinstance(module, _BN + (nn.ReLU6, nn.Hardtanh, BoundedReLU)):
+        if calls > 1 and (isinstance(module, _BN + (nn.ReLU6, nn.Hardtanh, BoundedReLU)) or _gate_of(module)):
             why += f" called at {calls} places (run prepare_model to unroll it)"
         g.add_opaque(name, why, inputs, outputs)
+
+
+def _gate_of(module: nn.Module) -> str | None:
+    """The engine gate of an x·g(x) activation module (SiLU, Hardswish, GELU), else None."""
+    if isinstance(module, GatedActivation):
+        return module.gate
+    if isinstance(module, nn.SiLU):
+        return "sigmoid"
+    if isinstance(module, nn.Hardswish):
+        return "hard_sigmoid"
+    if isinstance(module, nn.GELU):
+        return "gelu_tanh" if module.approximate == "tanh" else "gelu_erf"
+    return None
 
 
 # ---- subclasses ---------------------------------------------------------------------------------
 
 _KNOWN = _CONV + _CONV_T + _BN + _IDENTITY + _POOL + _ZERO_PAD + _CONST_PAD + (
-    nn.Linear, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, BoundedReLU)
+    nn.Linear, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, BoundedReLU,
+    nn.SiLU, nn.Hardswish, nn.GELU, GatedActivation)
 def _overridden_base(module: nn.Module):
     """The class prequant knows `module` as, if its own class overrides how that one computes."""
     cls = type(module)
@@ -553,7 +571,7 @@ def _overridden_base(module: nn.Module):
 # ---- ranks (structural, no forward pass) -----------------------------------------------------
 
 _RANK_KEEPING = _IDENTITY + _POOL + _ZERO_PAD + _CONST_PAD + (
-    nn.Linear, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, BoundedReLU, nn.ELU, nn.SiLU,
+    nn.Linear, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, BoundedReLU, GatedActivation, nn.ELU, nn.SiLU,
     nn.Hardswish, nn.Hardsigmoid, nn.GELU, nn.Mish, nn.Sigmoid, nn.Tanh, nn.BatchNorm1d, nn.LayerNorm,
     nn.GroupNorm, nn.Softmax)
 _RANK_KEEPING_CALLS = frozenset({
@@ -686,18 +704,35 @@ def _parameter_dtype(model: nn.Module) -> torch.dtype:
 
 
 def apply_activation_edits(eg: EngineGraph, edits) -> None:
-    """ReLU6 replaced: nn.ReLU; ReLU6 bounded per channel: BoundedReLU(bounds)."""
+    """ReLU6 replaced: nn.ReLU; ReLU6 bounded per channel: BoundedReLU(bounds); SiLU / Hardswish /
+    GELU scaled through: GatedActivation(gate, gate_scale)."""
     for edit in edits:
         module = eg.modules.get(edit.node)
         if module is None:
             continue  # a functional ReLU; nothing to swap
         path = _module_path(eg, edit.node)
         info = eg.graph.node(edit.node)
-        if info.kind == "relu":
+        if info.kind == "gated":  # the final scales, read from the graph (later rounds moved them)
+            scale = torch.as_tensor(info.gate_scale, dtype=_parameter_dtype(eg.model))
+            _set_submodule(eg.model, path, GatedActivation(info.gate, scale, _channel_axis(eg, edit.node)))
+        elif info.kind == "relu":
             _set_submodule(eg.model, path, nn.ReLU())
         else:  # the final bounds: high-bias absorption may have lowered them after scaling
             upper = torch.as_tensor(info.clip_max_per_channel, dtype=_parameter_dtype(eg.model))
             _set_submodule(eg.model, path, BoundedReLU(upper))
+
+
+def _channel_axis(eg: EngineGraph, node_name: str) -> int:
+    """-1 if the channels reaching `node_name` come from an nn.Linear (which contracts the last
+    axis: a rank > 2 tensor keeps its channels last), else 1. Walks back through the per-channel
+    nodes between (the engine scaled across them, so a layer produces this tensor's channels)."""
+    producer = {t: n for n in eg.graph.nodes() if not n.removed for t in n.outputs}
+    node = eg.graph.node(node_name)
+    while node.inputs and node.inputs[0] in producer:
+        node = producer[node.inputs[0]]
+        if node.kind in ("conv", "linear"):
+            return -1 if node.kind == "linear" else 1
+    return 1
 
 
 def apply_high_bias(eg: EngineGraph, hb_result) -> None:

@@ -1,4 +1,5 @@
-"""BoundedReLU: ReLU with a per-channel upper bound — the exact form of ReLU6 after scaling.
+"""BoundedReLU: ReLU with a per-channel upper bound — the exact form of ReLU6 after scaling;
+GatedActivation: x·g(s[c]·x), the exact form of SiLU / HardSwish / GELU after scaling through them.
 
 Cross-layer scaling divides the channels entering a ReLU6 by s[c]; ReLU6 then no longer
 computes the same function unless its bound becomes 6/s[c]. With the 'bound' ReLU6 policy the
@@ -31,3 +32,47 @@ class BoundedReLU(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.upper.numel()}"
+
+
+_GATES = ("sigmoid", "hard_sigmoid", "gelu_erf", "gelu_tanh")
+
+
+class GatedActivation(nn.Module):
+    """x·g(s[c]·x): SiLU (gate 'sigmoid'), HardSwish ('hard_sigmoid': relu6(z + 3)/6) or GELU
+    ('gelu_erf': Φ(z); 'gelu_tanh': its tanh approximation) with a per-channel gate scale s
+    (channel axis 1), the exact form of the activation after cross-layer scaling through it.
+
+    Scaling divides the producer's channel c by s[c] and multiplies the consumer's by s[c];
+    x·g(x) at x = s·x' is s·(x'·g(s·x')), so the activation becomes x'·g(s·x') and the FP32 output
+    is unchanged (``equalize_model(..., gated_activations=True)`` swaps the SiLU / Hardswish /
+    GELU module for this one). ``channel_axis`` is 1 (conv activations) or -1 (between nn.Linear
+    layers on a tensor of rank > 2, whose channels are the last axis)."""
+
+    def __init__(self, gate: str, gate_scale: torch.Tensor, channel_axis: int = 1):
+        super().__init__()
+        if gate not in _GATES:
+            raise ValueError(f"gate must be one of {_GATES}, got {gate!r}")
+        if channel_axis not in (1, -1):
+            raise ValueError(f"channel_axis must be 1 or -1, got {channel_axis!r}")
+        self.gate = gate
+        self.channel_axis = channel_axis
+        gate_scale = torch.as_tensor(gate_scale)
+        gate_scale = gate_scale if gate_scale.is_floating_point() else gate_scale.float()
+        self.register_buffer("gate_scale", gate_scale.flatten().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = [1, -1] + [1] * (x.dim() - 2) if self.channel_axis == 1 else [-1]
+        z = x * self.gate_scale.to(x.dtype).view(shape)
+        if self.gate == "sigmoid":
+            g = torch.sigmoid(z)
+        elif self.gate == "hard_sigmoid":
+            g = torch.clamp(z + 3.0, 0.0, 6.0) / 6.0
+        elif self.gate == "gelu_erf":
+            g = 0.5 * (1.0 + torch.erf(z * 0.7071067811865476))
+        else:
+            g = 0.5 * (1.0 + torch.tanh(0.7978845608028654 * (z + 0.044715 * z * z * z)))
+        return x * g
+
+    def extra_repr(self) -> str:
+        axis = "" if self.channel_axis == 1 else ", channel_axis=-1"
+        return f"gate={self.gate!r}, channels={self.gate_scale.numel()}{axis}"

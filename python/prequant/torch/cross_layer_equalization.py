@@ -185,7 +185,7 @@ def equalize_model(model: nn.Module, input_shapes=None, dummy_input=None, *, rel
                    max_iterations: int = DEFAULT_MAX_ITERATIONS, absorb_high_bias: bool = False,
                    bias_correction: bool = False, bias_correction_bits: int = 8,
                    bias_correction_per_channel: bool = False, bias_correction_symmetric: bool = True,
-                   regions: bool = False, verify: bool = False):
+                   regions: bool = False, gated_activations: bool = False, verify: bool = False):
     """Fold batch norms, handle ReLU6, scale CLS sets (with ``regions=True`` also equalization
     regions: residual adds, concats, splits, fan-out; and, with ``absorb_high_bias=True``,
     absorb high bias: an approximation, off by default — docs/BENCHMARKS.md) — in place, in one
@@ -209,6 +209,11 @@ def equalize_model(model: nn.Module, input_shapes=None, dummy_input=None, *, rel
     where the result is meant to be exact (ReLU6 ``bound``/``skip``, no high-bias absorption, no
     bias correction), the price of the approximation otherwise. It costs two forward passes.
 
+    ``gated_activations=True`` also scales through x·g(x) activations (``nn.SiLU``,
+    ``nn.Hardswish``, ``nn.GELU``; functionals after ``prepare_model``): each becomes a
+    ``GatedActivation`` computing x·g(s[c]·x), which keeps the FP32 output exact. Off by default
+    (docs/BENCHMARKS.md has the measurements).
+
     ``bias_correction=True`` adds analytic (data-free) bias correction, DFQ §4.2: each layer's
     bias loses (Q(W) − W)·E[x], with E[x] from the batch norm before it, for the weight quantizer
     given by ``bias_correction_bits`` / ``_per_channel`` / ``_symmetric`` (match the quantizer
@@ -226,7 +231,7 @@ def equalize_model(model: nn.Module, input_shapes=None, dummy_input=None, *, rel
                                       bias_correction_bits=bias_correction_bits,
                                       bias_correction_per_channel=bias_correction_per_channel,
                                       bias_correction_symmetric=bias_correction_symmetric,
-                                      regions=regions)
+                                      regions=regions, gated_activations=gated_activations)
     apply_equalize(eg, result)
     if verify:
         with torch.no_grad():
