@@ -189,6 +189,11 @@ def _is_immutable(value: Any) -> bool:
     kind = type(value)
     if kind in _IMMUTABLE_TYPES:  # exact type first: a module has ~25 attributes, most of them plain
         return True
+    if kind is tuple:  # kernel_size, stride, padding...: a loop, not a generator per tuple
+        for item in value:
+            if type(item) not in _IMMUTABLE_TYPES and not _is_immutable(item):
+                return False
+        return True
     if isinstance(value, tuple):
         return all(_is_immutable(v) for v in value)
     return isinstance(value, _IMMUTABLE)
@@ -261,9 +266,14 @@ def _take_ownership(prepared: fx.GraphModule, model: nn.Module, notes: list[str]
     original = {id(m) for m in model.modules()}
     memo: dict[int, Any] = dict(owned)
     stack: list[nn.Module] = [prepared]
+    visited = {id(prepared)}
     while stack:
-        parent = stack.pop()
-        for name, child in list(parent._modules.items()):
+        parent = stack.pop()  # never an original module: each is visited once, after copying
+        for table in (parent._parameters, parent._buffers):
+            for key, tensor in table.items():
+                if tensor is not None:
+                    table[key] = _clone_tensor(tensor, memo)
+        for name, child in parent._modules.items():
             if child is None:
                 continue
             if id(child) in original:
@@ -275,19 +285,12 @@ def _take_ownership(prepared: fx.GraphModule, model: nn.Module, notes: list[str]
                         _warn(notes, f"could not copy module '{name}' ({type(child).__name__}: "
                                      f"{type(exc).__name__}: {exc}); the prepared model shares it "
                                      "and its parameters with the original", stacklevel=4)
-                        continue
+                        continue  # shared: neither its tensors nor its children are cloned
                     memo[id(child)] = copied
-                    stack.append(copied)
-                parent._modules[name] = copied
-            else:
+                parent._modules[name] = child = copied  # replacing a value: the dict's size is unchanged
+            if id(child) not in visited:
+                visited.add(id(child))
                 stack.append(child)
-    for module in prepared.modules():
-        if id(module) in original:
-            continue  # shared after a failed copy (warned above)
-        for table in (module._parameters, module._buffers):
-            for key, tensor in table.items():
-                if tensor is not None:
-                    table[key] = _clone_tensor(tensor, memo)
 
 
 def _clone_tensor(tensor: torch.Tensor, memo: dict) -> torch.Tensor:
