@@ -36,6 +36,8 @@ class Cell:
         ok = [r for r in records if "seconds" in r and not r.get("default_recursion_failure")]
         self.seconds = statistics.median(r["seconds"] for r in ok) if ok else None
         self.peak_mb = statistics.median(r["peak_mb"] for r in ok) if ok else None
+        cpu = [r["cpu_s"] for r in ok if r.get("cpu_s") is not None]  # older runs have none
+        self.cpu_s = statistics.median(cpu) if cpu else None
         self.info = ok[0].get("info", {}) if ok else {}
         self.layers = ok[0].get("layers", {}) if ok else {}
         self.n = len(ok)
@@ -76,6 +78,12 @@ def ratio(a: Cell, b: Cell, digits: int = 1) -> str:
     if a.seconds is None or b.seconds is None or b.seconds == 0:
         return "—"
     return f"{a.seconds / b.seconds:.{digits}f}×"
+
+
+def cpu_ratio(a: Cell, b: Cell, digits: int = 1) -> str:
+    if a.cpu_s is None or b.cpu_s is None or b.cpu_s == 0:
+        return "—"
+    return f"{a.cpu_s / b.cpu_s:.{digits}f}×"
 
 
 def did(c: Cell) -> str:
@@ -139,11 +147,13 @@ def render(meta: dict, records: list[dict]) -> str:
         "(prepare rows). × weights: prequant's peak over the size of the model's parameters and "
         "buffers (the model itself is resident before the call, so 1.0 = one extra copy).",
         "",
-        "| model | step | prequant | aimet-torch | aimet ÷ prequant | torch.fx trace | prequant ÷ fx | peak MB prequant / aimet | × weights | prequant did | aimet did |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "CPU: the same ratios from the calls' process CPU time (one thread; under load the stabler figure).",
+        "",
+        "| model | step | prequant | aimet-torch | aimet ÷ prequant | CPU: aimet ÷ prequant | torch.fx trace | prequant ÷ fx | CPU: prequant ÷ fx | peak MB prequant / aimet | × weights | prequant did | aimet did |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     torch_models = [m for m in meta["models"] if not m.startswith("chain")] + \
-        [f"chain{max(meta['depths'])}"] * bool(meta["depths"])
+        ([f"chain{max(meta['depths'])}"] if meta["depths"] else [])
     for model in torch_models:
         for step in ("prepare_model", "prepare_model_shared", "fold_all_batch_norms", "equalize_model",
                      "prepare_equalize"):
@@ -156,8 +166,10 @@ def render(meta: dict, records: list[dict]) -> str:
             over_fx = ratio(p, fx_cell, 2) if prepare_row else ""
             weights_mb = (p.layers or a.layers).get("values", 0) * 4 / 2**20
             times = f"{p.peak_mb / weights_mb:.2f}" if p.peak_mb is not None and weights_mb else "—"
-            out.append(f"| {model} | {STEP_NAMES.get(step, step)} | {p.time()} | {a.time()} | {ratio(a, p)} | {fx} | "
-                       f"{over_fx} | {p.peak()} / {a.peak()} | {times} | {did(p)} | {did(a)} |")
+            over_fx_cpu = cpu_ratio(p, fx_cell, 2) if prepare_row else ""
+            out.append(f"| {model} | {STEP_NAMES.get(step, step)} | {p.time()} | {a.time()} | {ratio(a, p)} | "
+                       f"{cpu_ratio(a, p)} | {fx} | {over_fx} | {over_fx_cpu} | {p.peak()} / {a.peak()} | {times} | "
+                       f"{did(p)} | {did(a)} |")
     out += [
         "",
         "## The engine alone against copying the weights once",
