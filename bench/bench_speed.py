@@ -26,7 +26,7 @@ an eval model, do_constant_folding=False; the BN count is checked and reported).
 CLI is timed file to file as a process (wall clock, peak RSS of the process from wait4); the
 Python tools are timed on a loaded ModelProto, with their load/save times reported beside.
 
-Use --models / --depths / --sections to re-run a part; --aimet-python to point at another venv.
+Use --models / --depths / --sections / --groups to re-run a part; --aimet-python to point at another venv.
 A child above --memory-limit-gb (default 8) of RSS is killed and marked: aimet-onnx grew to 23.6 GB
 on chain1000 and the kernel's OOM killer may pick any process on the machine.
 The installed `prequant` (site-packages, PATH) is what gets measured.
@@ -246,6 +246,8 @@ def main() -> None:
     ap.add_argument("--models", default="resnet50,mobilenet_v2,efficientnet_b0")
     ap.add_argument("--depths", default="125,250,500,1000", help="chain depths (the largest also goes to ONNX)")
     ap.add_argument("--sections", default="torch,onnx")
+    ap.add_argument("--groups", default=",".join(TORCH_GROUPS),
+                    help="torch step groups to measure (e.g. end_to_end,prepare)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per child")
     ap.add_argument("--memory-limit-gb", type=float, default=8, help="kill a child whose RSS exceeds this")
@@ -287,6 +289,8 @@ def main() -> None:
             for rep in range(repeats):
                 for model in models:
                     for g, (group, pairs) in enumerate(TORCH_GROUPS.items()):
+                        if group not in args.groups.split(","):
+                            continue
                         for tool, step in rotated(pairs, rep + g):
                             runner.measure("torch", model, tool, step, rep, {})
         if "onnx" in sections:

@@ -2,7 +2,9 @@
 
     python bench/speed_child.py '{"tool": "aimet", "step": "equalize_model", "model": "resnet50"}'
 
-Prints one line `RESULT {json}` with: seconds (the timed call only), peak_mb (peak resident
+Prints one line `RESULT {json}` with: seconds (the timed call only, wall clock), cpu_s (its
+process CPU time, user + system: on a loaded machine the stabler figure, as the call runs on one
+thread), peak_mb (peak resident
 memory during the call above the resident memory just before it: VmHWM is reset through
 /proc/self/clear_refs, then read from /proc/self/status), info (what the tool did, and the FP32
 output SQNR of the model after the call against before it, computed outside the timed region),
@@ -57,9 +59,10 @@ def timed_with_peak(fn):
     rss0 = status_kb("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM to the current RSS (Linux >= 4.0)
         f.write("5")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
     seconds = time.perf_counter() - t0
+    timed_with_peak.cpu_seconds = time.process_time() - c0
     return out, seconds, max(0, status_kb("VmHWM") - rss0) / 1024
 
 
@@ -195,7 +198,8 @@ def run_torch(spec: dict) -> dict:
     info["relu6_left"] = sum(isinstance(m, nn.ReLU6) for m in (new if isinstance(new, nn.Module) else model).modules())
     if tool == "engine":
         info["build_graph_s"] = build_s
-    return dict(seconds=seconds, peak_mb=peak, info=info, layers=layers, import_s=import_s)
+    return dict(seconds=seconds, cpu_s=timed_with_peak.cpu_seconds, peak_mb=peak, info=info, layers=layers,
+                import_s=import_s)
 
 
 # ----------------------------------------------------------------------------- onnx tools

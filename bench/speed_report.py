@@ -36,6 +36,8 @@ class Cell:
         ok = [r for r in records if "seconds" in r and not r.get("default_recursion_failure")]
         self.seconds = statistics.median(r["seconds"] for r in ok) if ok else None
         self.peak_mb = statistics.median(r["peak_mb"] for r in ok) if ok else None
+        cpu = [r["cpu_s"] for r in ok if r.get("cpu_s") is not None]  # older runs have none
+        self.cpu_s = statistics.median(cpu) if cpu else None
         self.info = ok[0].get("info", {}) if ok else {}
         self.layers = ok[0].get("layers", {}) if ok else {}
         self.n = len(ok)
@@ -72,10 +74,16 @@ STEP_NAMES = {"prepare_model_shared": "prepare_model(copy=False)",
               "prepare_equalize": "**prepare_model + equalize_model(dummy_input)**"}
 
 
-def ratio(a: Cell, b: Cell) -> str:
+def ratio(a: Cell, b: Cell, digits: int = 1) -> str:
     if a.seconds is None or b.seconds is None or b.seconds == 0:
         return "—"
-    return f"{a.seconds / b.seconds:.1f}×"
+    return f"{a.seconds / b.seconds:.{digits}f}×"
+
+
+def cpu_ratio(a: Cell, b: Cell, digits: int = 1) -> str:
+    if a.cpu_s is None or b.cpu_s is None or b.cpu_s == 0:
+        return "—"
+    return f"{a.cpu_s / b.cpu_s:.{digits}f}×"
 
 
 def did(c: Cell) -> str:
@@ -135,20 +143,33 @@ def render(meta: dict, records: list[dict]) -> str:
         "",
         "## PyTorch: prequant against aimet-torch and torch.fx",
         "",
-        "| model | step | prequant | aimet-torch | aimet ÷ prequant | torch.fx trace | peak MB prequant / aimet | prequant did | aimet did |",
-        "|---|---|---:|---:|---:|---:|---:|---|---|",
+        "prequant ÷ fx: prequant's time over a bare `torch.fx.symbolic_trace` of the same model "
+        "(prepare rows). × weights: prequant's peak over the size of the model's parameters and "
+        "buffers (the model itself is resident before the call, so 1.0 = one extra copy).",
+        "",
+        "CPU: the same ratios from the calls' process CPU time (one thread; under load the stabler figure).",
+        "",
+        "| model | step | prequant | aimet-torch | aimet ÷ prequant | CPU: aimet ÷ prequant | torch.fx trace | prequant ÷ fx | CPU: prequant ÷ fx | peak MB prequant / aimet | × weights | prequant did | aimet did |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     torch_models = [m for m in meta["models"] if not m.startswith("chain")] + \
-        [f"chain{max(meta['depths'])}"] * bool(meta["depths"])
+        ([f"chain{max(meta['depths'])}"] if meta["depths"] else [])
     for model in torch_models:
         for step in ("prepare_model", "prepare_model_shared", "fold_all_batch_norms", "equalize_model",
                      "prepare_equalize"):
             p, a = cell("torch", model, "prequant", step), cell("torch", model, "aimet", step)
             if p.n == 0 and a.n == 0 and not (p.errors or a.errors):
                 continue
-            fx = cell("torch", model, "torch.fx", "symbolic_trace").time() if step.startswith("prepare_model") else ""
-            out.append(f"| {model} | {STEP_NAMES.get(step, step)} | {p.time()} | {a.time()} | {ratio(a, p)} | {fx} | "
-                       f"{p.peak()} / {a.peak()} | {did(p)} | {did(a)} |")
+            fx_cell = cell("torch", model, "torch.fx", "symbolic_trace")
+            prepare_row = step.startswith("prepare_model")
+            fx = fx_cell.time() if prepare_row else ""
+            over_fx = ratio(p, fx_cell, 2) if prepare_row else ""
+            weights_mb = (p.layers or a.layers).get("values", 0) * 4 / 2**20
+            times = f"{p.peak_mb / weights_mb:.2f}" if p.peak_mb is not None and weights_mb else "—"
+            over_fx_cpu = cpu_ratio(p, fx_cell, 2) if prepare_row else ""
+            out.append(f"| {model} | {STEP_NAMES.get(step, step)} | {p.time()} | {a.time()} | {ratio(a, p)} | "
+                       f"{cpu_ratio(a, p)} | {fx} | {over_fx} | {over_fx_cpu} | {p.peak()} / {a.peak()} | {times} | "
+                       f"{did(p)} | {did(a)} |")
     out += [
         "",
         "## The engine alone against copying the weights once",

@@ -792,6 +792,64 @@ def test_reused_modules_are_unrolled_into_independent_copies():
     assert not torch.equal(prepared.conv_1.weight, prepared.conv.weight)
 
 
+@pytest.mark.parametrize("copy_weights", [True, False])
+def test_unrolled_copies_share_no_tensor_with_the_original(copy_weights):
+    # unrolled copies are built by prepare_model's own tree copy (no copy.deepcopy): each holds
+    # its own tensors even with copy=False, where only the first call's module is the original's
+    model = ReusedConvAndReLU().eval()
+    prepared = prepare_model(model, copy=copy_weights)
+    original = {t.data_ptr() for t in model.state_dict().values()}
+    for name in ("conv_1", "conv_2"):
+        copied = prepared.get_submodule(name)
+        assert type(copied) is nn.Conv2d and copied.padding == (1, 1)
+        assert {t.data_ptr() for t in copied.state_dict().values()}.isdisjoint(original)
+        assert isinstance(copied.weight, nn.Parameter) and copied.weight.requires_grad
+    assert (prepared.conv is model.conv) is not copy_weights
+    assert_same_output(model, prepared, torch.randn(2, 3, 8, 8))
+
+
+class _TaggedParameters(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.conv.weight.quant_tag = "per-channel"  # a Python attribute on a Parameter
+        self.conv.bias.requires_grad_(False)
+        self.register_buffer("steps", torch.tensor(3))
+
+    def forward(self, x):
+        return F.relu(self.conv(x)) + self.steps
+
+
+def test_copied_tensors_keep_type_attributes_and_requires_grad():
+    model = _TaggedParameters().eval()
+    prepared = prepare_model(model)
+    weight, bias = prepared.conv.weight, prepared.conv.bias
+    assert weight is not model.conv.weight and weight.data_ptr() != model.conv.weight.data_ptr()
+    assert type(weight) is nn.Parameter and weight.quant_tag == "per-channel" and weight.requires_grad
+    assert type(bias) is nn.Parameter and not bias.requires_grad
+    assert prepared.steps.dtype == torch.int64 and prepared.steps.data_ptr() != model.steps.data_ptr()
+    assert_same_output(model, prepared, torch.randn(1, 3, 4, 4))
+
+
+def test_code_is_generated_once_for_the_rewritten_graph(monkeypatch):
+    # the constructor's code generation would be thrown away: prepare_model builds the
+    # GraphModule without it and compiles the rewritten graph once
+    compiled = []
+    recompile = torch.fx.GraphModule.recompile
+
+    def counting(self):
+        compiled.append(len(self.graph.nodes))
+        return recompile(self)
+
+    monkeypatch.setattr(torch.fx.GraphModule, "recompile", counting)
+    model = ReusedConvAndReLU().eval()
+    prepared = prepare_model(model)
+    assert [n for n in compiled if n] == [len(prepared.graph.nodes)]  # an empty graph costs nothing
+    assert prepared.graph.owning_module is prepared
+    assert "self.conv_2(" in prepared.code and "self.act_1(" in prepared.code
+    assert_same_output(model, prepared, torch.randn(2, 3, 8, 8))
+
+
 def test_reused_modules_with_weights_stay_shared_when_asked():
     model = ReusedConvAndReLU().eval()
     prepared = prepare_model(model, unroll_shared_weights=False)

@@ -33,6 +33,12 @@ so a quantizer sees every operation as its own module. Steps:
    holds, once, is the least an independent model can cost). ``copy=False`` shares leaf
    modules and tensors with the original, as AIMET's ``prepare_model`` does.
 
+The GraphModule is built once, without code (``_graph_module_without_code``), and its
+``forward`` is generated and compiled once, after the rewrite: code generation for a
+graph that is about to change cost a third of the trace. Reused modules are unrolled with a
+tree copy that clones each tensor once (no ``copy.deepcopy``), and tensors prepare_model made
+itself are never cloned again by step 5.
+
 The prepared model keeps the original's ``training`` flag. Everything here walks the
 graph as a list: no recursion on graph depth.
 """
@@ -48,6 +54,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import torch
 from torch import fx, nn
+from torch.fx.graph_module import _copy_attr
 
 import prequant
 from torch.fx.proxy import TraceError
@@ -121,18 +128,19 @@ def prepare_model(
     work, excluded_ids = model, {id(m) for m in excluded_modules}
     tracer = _PrepareTracer(excluded_ids, excluded_classes)
     graph = _trace(tracer, work, concrete_args, model)
-    prepared = fx.GraphModule(tracer.root, graph, model_name)
+    prepared = _graph_module_without_code(tracer.root, graph, model_name)
     prepared.training = model.training
 
     summary = PrepareSummary(model=model_name, excluded=list(tracer.excluded_names), notes=notes)
     _note_dropped_hooks(work, graph, notes)
     _note_dropped_no_grad(tracer, notes)
     _note_excluded_subclasses(tracer.root, tracer.excluded_names, notes)
-    _GraphRewriter(prepared, unroll_shared_weights, summary).run()
-    prepared.graph.lint()
+    owned: dict[int, torch.Tensor] = {}  # id -> tensor prepare made itself (never cloned again)
+    _GraphRewriter(prepared, unroll_shared_weights, summary, owned).run()
+    graph.lint()
     if copy:
-        _take_ownership(prepared, model, notes)
-    prepared.recompile()
+        _take_ownership(prepared, model, notes, owned)
+    prepared.recompile()  # the only code generation: the rewritten graph's
     prepared.prequant_summary = summary
     # GraphModule.__deepcopy__ rebuilds the module and keeps only attributes listed here.
     prepared.meta.setdefault("_user_preserved_attributes", {})["prequant_summary"] = summary
@@ -173,7 +181,19 @@ _IMMUTABLE = (int, float, complex, bool, str, bytes, type(None), type, range, fr
               torch.dtype, torch.device, torch.layout, torch.memory_format)
 
 
+_IMMUTABLE_TYPES = frozenset(_IMMUTABLE)
+_CONTAINERS = (dict, set, list)
+
+
 def _is_immutable(value: Any) -> bool:
+    kind = type(value)
+    if kind in _IMMUTABLE_TYPES:  # exact type first: a module has ~25 attributes, most of them plain
+        return True
+    if kind is tuple:  # kernel_size, stride, padding...: a loop, not a generator per tuple
+        for item in value:
+            if type(item) not in _IMMUTABLE_TYPES and not _is_immutable(item):
+                return False
+        return True
     if isinstance(value, tuple):
         return all(_is_immutable(v) for v in value)
     return isinstance(value, _IMMUTABLE)
@@ -189,7 +209,7 @@ def _copy_module_shell(module: nn.Module, memo: dict) -> nn.Module:
             state[key] = value.copy()  # entries replaced by the caller
         elif _is_immutable(value):
             state[key] = value
-        elif isinstance(value, (dict, set, list)) and not value:
+        elif isinstance(value, _CONTAINERS) and not value:
             state[key] = value.copy()  # the many empty hook dicts: no deepcopy machinery
         else:
             state[key] = copy.deepcopy(value, memo)
@@ -197,15 +217,63 @@ def _copy_module_shell(module: nn.Module, memo: dict) -> nn.Module:
     return new
 
 
-def _take_ownership(prepared: fx.GraphModule, model: nn.Module, notes: list[str]) -> None:
-    """Replace every module ``prepared`` took from ``model`` by a shell copy, then clone every
-    parameter and buffer once. Walks the module tree with a stack: no recursion on depth."""
-    original = {id(m) for m in model.modules()}
+def _graph_module_without_code(root: nn.Module, graph: fx.Graph, class_name: str) -> fx.GraphModule:
+    """``fx.GraphModule(root, graph)`` without generating and compiling its code: the graph is
+    rewritten next, and prepare_model compiles it once at the end (the constructor's own
+    code generation would be thrown away; it costs as much as a third of the trace).
+    The attributes the graph uses are installed as the constructor does (fx's ``_copy_attr``)."""
+    prepared = fx.GraphModule(root, fx.Graph(), class_name)  # nothing to copy, nothing to compile
+    for node in graph.nodes:
+        if node.op in ("get_attr", "call_module"):
+            _copy_attr(root, prepared, node.target)
+    prepared._graph = graph  # the `graph` setter would recompile
+    graph.owning_module = prepared
+    tracer_cls = graph._tracer_cls
+    prepared._tracer_cls = tracer_cls if tracer_cls and "<locals>" not in tracer_cls.__qualname__ else None
+    prepared._tracer_extras = graph._tracer_extras or {}
+    return prepared
+
+
+def _copy_module_tree(module: nn.Module, owned: dict[int, torch.Tensor]) -> nn.Module:
+    """An independent copy of ``module`` and its submodules, each tensor cloned once (what
+    ``copy.deepcopy`` does, without its per-attribute machinery). The clones are recorded in
+    ``owned``. Walks the tree with a stack: no recursion on depth."""
     memo: dict[int, Any] = {}
-    stack: list[nn.Module] = [prepared]
+    top = memo[id(module)] = _copy_module_shell(module, memo)
+    stack = [top]
     while stack:
         parent = stack.pop()
-        for name, child in list(parent._modules.items()):
+        for name, child in parent._modules.items():
+            if child is not None:
+                copied = memo.get(id(child))
+                if copied is None:
+                    copied = memo[id(child)] = _copy_module_shell(child, memo)
+                    stack.append(copied)
+                parent._modules[name] = copied
+        for table in (parent._parameters, parent._buffers):
+            for key, tensor in table.items():
+                if tensor is not None:
+                    table[key] = clone = _clone_tensor(tensor, memo)
+                    owned[id(clone)] = clone
+    return top
+
+
+def _take_ownership(prepared: fx.GraphModule, model: nn.Module, notes: list[str],
+                    owned: dict[int, torch.Tensor]) -> None:
+    """Replace every module ``prepared`` took from ``model`` by a shell copy, then clone every
+    parameter and buffer once (those in ``owned`` were made by prepare_model: kept as they
+    are). Walks the module tree with a stack: no recursion on depth."""
+    original = {id(m) for m in model.modules()}
+    memo: dict[int, Any] = dict(owned)
+    stack: list[nn.Module] = [prepared]
+    visited = {id(prepared)}
+    while stack:
+        parent = stack.pop()  # never an original module: each is visited once, after copying
+        for table in (parent._parameters, parent._buffers):
+            for key, tensor in table.items():
+                if tensor is not None:
+                    table[key] = _clone_tensor(tensor, memo)
+        for name, child in parent._modules.items():
             if child is None:
                 continue
             if id(child) in original:
@@ -217,25 +285,28 @@ def _take_ownership(prepared: fx.GraphModule, model: nn.Module, notes: list[str]
                         _warn(notes, f"could not copy module '{name}' ({type(child).__name__}: "
                                      f"{type(exc).__name__}: {exc}); the prepared model shares it "
                                      "and its parameters with the original", stacklevel=4)
-                        continue
+                        continue  # shared: neither its tensors nor its children are cloned
                     memo[id(child)] = copied
-                    stack.append(copied)
-                parent._modules[name] = copied
-            else:
+                parent._modules[name] = child = copied  # replacing a value: the dict's size is unchanged
+            if id(child) not in visited:
+                visited.add(id(child))
                 stack.append(child)
-    for module in prepared.modules():
-        if id(module) in original:
-            continue  # shared after a failed copy (warned above)
-        for table in (module._parameters, module._buffers):
-            for key, tensor in table.items():
-                if tensor is not None:
-                    table[key] = _clone_tensor(tensor, memo)
 
 
 def _clone_tensor(tensor: torch.Tensor, memo: dict) -> torch.Tensor:
     """A clone (Parameter stays Parameter, requires_grad kept); one per original tensor."""
     if id(tensor) in memo:
         return memo[id(tensor)]
+    if type(tensor) in (torch.Tensor, nn.Parameter) and tensor.is_leaf and tensor.grad is None:
+        # the common case without deepcopy's machinery (storage memo, __reduce_ex__); Python
+        # attributes set on a parameter are kept (Parameter.__deepcopy__ drops them)
+        clone = tensor.detach().clone(memory_format=torch.preserve_format)
+        clone = nn.Parameter(clone, tensor.requires_grad) if type(tensor) is nn.Parameter \
+            else clone.requires_grad_(tensor.requires_grad)
+        if tensor.__dict__:
+            clone.__dict__.update(copy.deepcopy(tensor.__dict__, memo))
+        memo[id(tensor)] = clone
+        return clone
     try:
         return copy.deepcopy(tensor, memo)
     except RuntimeError:  # a non-leaf tensor stored as an attribute: its value, detached
@@ -475,21 +546,29 @@ class _GraphRewriter:
     (``relu``, ``relu_1``, ...). Nodes are rewritten in place and keep their names, so the
     summary's "at node relu_1" is also the variable name in the prepared model's code."""
 
-    def __init__(self, root: fx.GraphModule, unroll_shared_weights: bool, summary: PrepareSummary) -> None:
+    def __init__(self, root: fx.GraphModule, unroll_shared_weights: bool, summary: PrepareSummary,
+                 owned: dict[int, torch.Tensor]) -> None:
         register_optional_rules()
         self.root = root
         self.graph = root.graph
         self.unroll_shared_weights = unroll_shared_weights
         self.summary = summary
+        self.owned = owned
         self.namer = _ModuleNamer(root)
         self.size_nodes = find_size_nodes(self.graph)
         self.ctx = ConversionContext(root, self.size_nodes)
         self.called: set[str] = set()
-        # Tensors owned by a called module or by an earlier conversion: a second owner
-        # means sharing, which unroll_shared_weights resolves like a reused module.
-        self.claimed = _tensor_ids(root.get_submodule(n.target) for n in self.graph.nodes
-                                   if n.op == "call_module")
+        self._claimed: Optional[set[int]] = None  # see claimed()
         self.emptied_attributes: list[str] = []
+
+    def claimed(self) -> set[int]:
+        """Tensors owned by a called module or by an earlier conversion: a second owner means
+        sharing, which unroll_shared_weights resolves like a reused module. Collected on the
+        first conversion that takes a tensor (most models have none: no walk over all weights)."""
+        if self._claimed is None:
+            self._claimed = _tensor_ids(self.root.get_submodule(n.target) for n in self.graph.nodes
+                                        if n.op == "call_module")
+        return self._claimed
 
     def run(self) -> None:
         for node in list(self.graph.nodes):
@@ -509,7 +588,7 @@ class _GraphRewriter:
             self.summary.unrollings.append(Unrolling(target, node.name, None))
             return
         parent, _, leaf = target.rpartition(".")
-        node.target = self.namer.add(parent, leaf, copy.deepcopy(module), always_suffix=True)
+        node.target = self.namer.add(parent, leaf, _copy_module_tree(module, self.owned), always_suffix=True)
         self.summary.unrollings.append(Unrolling(target, node.name, node.target))
 
     def _convert(self, node: fx.Node) -> None:
@@ -547,8 +626,9 @@ class _GraphRewriter:
         keep it shared when unroll_shared_weights=False."""
         for attr_node, tensor in self.ctx.borrowed:
             used_elsewhere = any(user is not node for user in attr_node.users)
-            if id(tensor) not in self.claimed and not used_elsewhere:
-                self.claimed.add(id(tensor))
+            claimed = self.claimed()
+            if id(tensor) not in claimed and not used_elsewhere:
+                claimed.add(id(tensor))
                 continue
             if not self.unroll_shared_weights:
                 self.summary.unrollings.append(Unrolling(attr_node.target, node.name, None))
@@ -561,7 +641,8 @@ class _GraphRewriter:
                 else:
                     duplicate = tensor.detach().clone()
                 setattr(owner, name, duplicate)
-                self.claimed.add(id(duplicate))
+                claimed.add(id(duplicate))
+                self.owned[id(duplicate)] = duplicate
                 self.summary.unrollings.append(Unrolling(attr_node.target, node.name, f"{target}.{slot}"))
 
 
