@@ -101,7 +101,8 @@ static json with_sweep_stats(json out, const SweepResult& r) {
 static json edits_json(const std::vector<ActivationEdit>& edits) {
   json out = json::array();
   for (const auto& e : edits)
-    out.push_back({{"node", e.node}, {"kind", edit_kind_name(e.kind)}, {"upper_bound", numbers(e.upper_bound)}});
+    out.push_back({{"node", e.node}, {"kind", edit_kind_name(e.kind)}, {"upper_bound", numbers(e.upper_bound)},
+                   {"clip_max", e.clip_max}});
   return out;
 }
 

@@ -10,7 +10,9 @@
 //           W1[c] /= S12, b1[c] /= S12; Wdw[c] *= S12/S23, bdw[c] /= S23; W3[:,c] *= S23.
 //   Guards: a channel with a zero range gets scale 1; s is clamped to [min_scale, max_scale].
 //   ReLU6 between: 'replace' turns the clip into ReLU; 'bound' divides the clip's per-channel
-//   upper bound by the same s, which keeps the FP32 output exact.
+//   upper bound by the same s, which keeps the FP32 output exact; then gauge_clip_bounds.cpp
+//   multiplies such a pair's scales by one factor so that every bound is ≤ 6 (a fusable ReLU6
+//   followed by a per-channel Min; weight ranges' ratios unchanged).
 //   Overlapping sets (L1→L2, L2→L3) disturb each other; with max_iterations > 1 a set is scaled
 //   again while a neighbour sharing one of its layers moved by |ln s| ≥ `tolerance`, until no set
 //   moves or the iterations run out. Reported scales are the product over iterations. With
@@ -25,6 +27,7 @@
 #include "pass_util.h"
 #include "prequant/errors.h"
 #include "prequant/passes.h"
+#include "gauge_clip_bounds.h"
 #include "solve_cls_chains.h"
 
 namespace prequant {
@@ -161,7 +164,8 @@ auto make_chain_correction(const std::vector<PlannedSet>& sets, Total& total, co
 
 }  // namespace
 
-ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, const ClsOptions& options) {
+ClsResult detail::scale_cls_sets_ungauged(Graph& graph, const std::vector<ClsSetSpec>& specs,
+                                          const ClsOptions& options) {
   check_options(options);
   std::vector<PlannedSet> sets;
   for (const auto& spec : specs) sets.push_back(plan_set(graph, spec, options.relu6));
@@ -355,8 +359,16 @@ ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, con
         const Node& n = graph.nodes[b];
         if (n.kind == OpKind::Clip && !n.clip_max_per_channel.empty())
           result.activation_edits.push_back(
-              {n.name, ActivationEdit::Kind::BoundedPerChannel, n.clip_max_per_channel});
+              {n.name, ActivationEdit::Kind::BoundedPerChannel, n.clip_max_per_channel, n.clip_max});
       }
+  tx.commit();
+  return result;
+}
+
+ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, const ClsOptions& options) {
+  Transaction tx(graph);
+  ClsResult result = detail::scale_cls_sets_ungauged(graph, specs, options);
+  gauge_clip_bounds(graph, result, nullptr, options);
   tx.commit();
   return result;
 }

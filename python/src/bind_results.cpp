@@ -223,6 +223,7 @@ nb::dict to_dict(const ActivationEdit& e) {
   o["node"] = e.node;
   o["kind"] = edit_kind_name(e.kind);
   o["upper_bound"] = floats_of(e.upper_bound);
+  o["clip_max"] = e.clip_max;
   return o;
 }
 
@@ -518,6 +519,9 @@ void bind_results(nb::module_& m) {
                    "'replaced_with_relu' or 'bounded_per_channel'")
       .def_prop_ro("upper_bound", [](const ActivationEdit& e) { return numpy_of(e.upper_bound); },
                    "bounded_per_channel: channel c is clipped at upper_bound[c]")
+      .def_ro("clip_max", &ActivationEdit::clip_max,
+              "bounded_per_channel: the clip before the bound, Clip(0, clip_max) (ReLU6: 6); every "
+              "upper_bound[c] <= clip_max")
       .def("__repr__", [](const ActivationEdit& e) {
         return "ActivationEdit(" + quote(e.node) + ", " + quote(edit_kind_name(e.kind)) + ")";
       });

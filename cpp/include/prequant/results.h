@@ -51,6 +51,8 @@ struct ActivationEdit {
   std::string node;
   Kind kind = Kind::ReplacedWithRelu;
   std::vector<double> upper_bound;  // BoundedPerChannel: clip at upper_bound[c]
+  double clip_max = 0.0;            // BoundedPerChannel: the clip before the bound, Clip(0, clip_max)
+                                    // (ReLU6: 6; every upper_bound[c] ≤ it; inf: no outer clip)
 };
 
 // One scaled pair of a CLS set: layer1's output channel c was divided by scale[c] and
