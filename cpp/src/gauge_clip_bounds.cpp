@@ -82,6 +82,12 @@ void refresh_edits(const Graph& graph, std::vector<ActivationEdit>& edits) {
 
 }  // namespace
 
+void clamp_clip_bounds(Graph& graph) {
+  for (Node& n : graph.nodes)
+    if (!n.removed && n.kind == OpKind::Clip && std::isfinite(n.clip_max))
+      for (double& b : n.clip_max_per_channel) b = std::min(b, n.clip_max);
+}
+
 void gauge_clip_bounds(Graph& graph, ClsResult& sets, ClsRegionsResult* regions, const ClsOptions& options) {
   Transaction tx(graph);
   for (auto& set : sets.sets)

@@ -12,6 +12,10 @@ namespace prequant {
 // `regions` may be null. Updates the scales and the activation edits in the results.
 void gauge_clip_bounds(Graph& graph, ClsResult& sets, ClsRegionsResult* regions, const ClsOptions& options);
 
+// b[c] = min(b[c], clip_max) on every bounded clip: the function min(clip(x, 0, m), b) as the
+// bounds alone, which is what the scaling passes read (a user may have raised a bound above m).
+void clamp_clip_bounds(Graph& graph);
+
 namespace detail {
 // scale_cls_sets / scale_cls_regions without the final gauge: a bounded clip's per-channel
 // bounds may exceed its clip_max until gauge_clip_bounds runs (until then the bounds alone

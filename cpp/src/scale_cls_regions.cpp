@@ -204,6 +204,7 @@ ClsRegionsResult detail::scale_cls_regions_ungauged(Graph& graph, const std::vec
 ClsRegionsResult scale_cls_regions(Graph& graph, const std::vector<ClsRegionSpec>& specs,
                                    const ClsOptions& options) {
   Transaction tx(graph);
+  clamp_clip_bounds(graph);
   ClsRegionsResult result = detail::scale_cls_regions_ungauged(graph, specs, options);
   ClsResult no_sets;
   gauge_clip_bounds(graph, no_sets, &result, options);

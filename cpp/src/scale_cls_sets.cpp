@@ -367,6 +367,7 @@ ClsResult detail::scale_cls_sets_ungauged(Graph& graph, const std::vector<ClsSet
 
 ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, const ClsOptions& options) {
   Transaction tx(graph);
+  clamp_clip_bounds(graph);
   ClsResult result = detail::scale_cls_sets_ungauged(graph, specs, options);
   gauge_clip_bounds(graph, result, nullptr, options);
   tx.commit();

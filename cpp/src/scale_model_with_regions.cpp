@@ -20,6 +20,7 @@ namespace prequant {
 
 ClsResult scale_model_with_regions(Graph& graph, const ClsOptions& options, ClsRegionsResult& regions) {
   Transaction tx(graph);
+  clamp_clip_bounds(graph);
   ClsCandidates sets = find_cls_sets(graph, options.relu6);
   ClsRegionCandidates found = find_cls_regions(graph, options.relu6);
   ClsOptions one_sweep = options;

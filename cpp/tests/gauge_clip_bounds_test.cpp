@@ -166,5 +166,19 @@ TEST(GaugeClipBounds, HighBiasAbsorptionKeepsBoundsAtMostSix) {
   for (double b : n.clip_max_per_channel) EXPECT_LE(b, 6.0 * (1 + 1e-12));
 }
 
+// A bounded clip whose bound a user raised above its clip (min(clip(x, 0, 6), 9) is a clip at 6):
+// the passes read the bounds alone, so they first clamp them to the clip; the function is kept.
+TEST(GaugeClipBounds, BoundAboveTheClipIsClampedFirst) {
+  RefModel m(7);
+  build_chain(m, true);
+  m.node("a1").clip_max_per_channel.assign(8, 6.0);
+  m.node("a1").clip_max_per_channel[3] = 9.0;
+  const auto inputs = m.random_inputs(3, 11, 6.0);
+  const auto before = m.forward(inputs);
+  prequant::scale_model(m.graph);
+  expect_bounds_at_most_clip(m, "a1", 6.0);
+  EXPECT_LT(max_rel_error(before, m.forward(inputs)), kTol);
+}
+
 }  // namespace
 }  // namespace pqtest
