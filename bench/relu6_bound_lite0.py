@@ -1,6 +1,7 @@
 """ReLU6 'bound' representation, before/after, on the pretrained EfficientNet-Lite0 (onnxruntime QDQ).
 
     python bench/relu6_bound_lite0.py --before /work/main/python --after python [--eval N]
+        [--policies bound,skip] [--no-regions] [--sides before,after]
 
 Runs the same rows in two fresh processes, one importing prequant from each PYTHONPATH (e.g. the
 main branch and this branch, each with its built extension), and prints one table:
@@ -50,15 +51,16 @@ def child(args) -> None:
         for quant in ("per-tensor", "per-channel"):
             measure(f"unmodified + INT8 {quant}", base, quant)
     dummy = torch.zeros(1, 3, 224, 224)
-    for regions in (False, True):
-        m = prepare_model(efficientnet_lite0())
-        equalize_model(m, dummy_input=dummy, relu6="bound", regions=regions)
-        mb = acc.export(m)
-        fp32 = acc.run(mb, x)
-        for quant in ("per-tensor", "per-channel"):
-            measure(f"equalize relu6=bound, {'chains + regions' if regions else 'chains only'} + INT8 {quant}",
-                    mb, quant)
-            rows[-1]["fp32_sqnr"] = acc.sqnr_db(ref, fp32)
+    for policy in args.policies.split(","):
+        for regions in (False, True) if args.regions else (False,):
+            m = prepare_model(efficientnet_lite0())
+            equalize_model(m, dummy_input=dummy, relu6=policy, regions=regions)
+            mb = acc.export(m)
+            fp32 = acc.run(mb, x)
+            for quant in ("per-tensor", "per-channel"):
+                measure(f"equalize relu6={policy}, {'chains + regions' if regions else 'chains only'} + INT8 {quant}",
+                        mb, quant)
+                rows[-1]["fp32_sqnr"] = acc.sqnr_db(ref, fp32)
     print(json.dumps(rows))
 
 
@@ -67,6 +69,9 @@ def main() -> None:
     ap.add_argument("--before", required=True, help="PYTHONPATH whose prequant is 'before'")
     ap.add_argument("--after", required=True, help="PYTHONPATH whose prequant is 'after'")
     ap.add_argument("--eval", type=int, default=400)
+    ap.add_argument("--policies", default="bound", help="relu6 policies of the equalize rows (comma-separated)")
+    ap.add_argument("--no-regions", dest="regions", action="store_false", help="chains-only rows")
+    ap.add_argument("--sides", default="before,after", help="which of before,after to run")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--base", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -75,16 +80,19 @@ def main() -> None:
         return
     results = {}
     for side, path in (("before", args.before), ("after", args.after)):
+        if side not in args.sides.split(","):
+            continue
         env = dict(os.environ, PYTHONPATH=os.path.abspath(path))
         cmd = [sys.executable, os.path.abspath(__file__), "--before", args.before, "--after", args.after,
-               "--eval", str(args.eval), "--child"] + (["--base"] if side == "after" else [])
+               "--eval", str(args.eval), "--policies", args.policies, "--child"] + \
+              (["--base"] if side == "after" else []) + ([] if args.regions else ["--no-regions"])
         out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
         results[side] = json.loads(out.strip().splitlines()[-1])
     fmt = lambda v: "inf" if v == float("inf") else f"{v:.1f}"
     print(f"| row | side | top-1 % | agree % | output SQNR dB | exported ops |")
     print("|---|---|---:|---:|---:|---|")
     for side in ("after", "before"):
-        for r in results[side]:
+        for r in results.get(side, []):
             print(f"| {r['label']} | {side if r['label'].startswith('equalize') else '-'} | {r['top1']:.1f} | "
                   f"{r['agree']:.1f} | {fmt(r['sqnr'])} | {r['ops']} |")
 
