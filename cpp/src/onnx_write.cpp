@@ -267,7 +267,18 @@ void Writer::write_clip(const Node& node, const Binding& b) {
       pb::NodeProto lower;
       lower.set_name(name);
       lower_out = fresh(base + "_unbounded");
-      if (node.clip_min == 0.0) {
+      if (node.clip_min == 0.0 && std::isfinite(node.clip_max)) {
+        // Clip(0, m) before the per-channel Min: the op quantizers fuse into the conv (ReLU6
+        // when m = 6), so the first quantized tensor's range is [0, m] (gauge_clip_bounds.cpp).
+        lower.set_op_type("Clip");
+        lower.add_input(node.inputs.at(0));
+        pb::TensorProto lo = scalar_tensor(fresh(name + ".min"), 0.0, b.act_dtype);
+        pb::TensorProto hi = scalar_tensor(fresh(name + ".max"), node.clip_max, b.act_dtype);
+        lower.add_input(lo.name());
+        lower.add_input(hi.name());
+        new_initializers_.push_back(std::move(lo));
+        new_initializers_.push_back(std::move(hi));
+      } else if (node.clip_min == 0.0) {
         lower.set_op_type("Relu");
         lower.add_input(node.inputs.at(0));
       } else {

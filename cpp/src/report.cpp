@@ -110,13 +110,22 @@ static json with_sweep_stats(json out, const SweepResult& r) {
   return out;
 }
 
+// ", after Clip(0, 6)": the fusable clip a bounded ReLU6 keeps before its per-channel Min.
+static std::string after_clip(const ActivationEdit& e) {
+  if (!std::isfinite(e.clip_max) || e.clip_max <= 0) return "";
+  std::ostringstream s;
+  s << ", after Clip(0, " << e.clip_max << ")";
+  return s.str();
+}
+
 static json edits_json(const std::vector<ActivationEdit>& edits) {
   json out = json::array();
   for (const auto& e : edits)
     if (e.kind == ActivationEdit::Kind::GateScaled)
       out.push_back({{"node", e.node}, {"kind", edit_kind_name(e.kind)}, {"gate_scale", numbers(e.gate_scale)}});
     else
-      out.push_back({{"node", e.node}, {"kind", edit_kind_name(e.kind)}, {"upper_bound", numbers(e.upper_bound)}});
+      out.push_back({{"node", e.node}, {"kind", edit_kind_name(e.kind)}, {"upper_bound", numbers(e.upper_bound)},
+                     {"clip_max", e.clip_max}});
   return out;
 }
 
@@ -289,7 +298,7 @@ std::string explain(const ClsRegionsResult& r) {
     if (e.kind != ActivationEdit::Kind::GateScaled)
       out << "  " << e.node
           << (e.kind == ActivationEdit::Kind::ReplacedWithRelu ? ": replaced with ReLU\n"
-                                                               : ": clipped per channel (bound " + spread(e.upper_bound) + ")\n");
+                                                               : ": clipped per channel (bound " + spread(e.upper_bound) + after_clip(e) + ")\n");
   explain_gates(out, r.activation_edits);
   explain_declined(out, r.declined);
   return out.str();
@@ -342,7 +351,7 @@ std::string explain(const ActivationResult& r) {
     if (e.kind == ActivationEdit::Kind::ReplacedWithRelu)
       out << "  " << e.node << ": replaced with ReLU (FP32 output changes where it exceeded the clip)\n";
     else
-      out << "  " << e.node << ": clipped per channel (bound " << spread(e.upper_bound)
+      out << "  " << e.node << ": clipped per channel (bound " << spread(e.upper_bound) << after_clip(e)
           << "; FP32 output unchanged)\n";
   }
   explain_declined(out, r.declined);

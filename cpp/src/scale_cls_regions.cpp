@@ -15,7 +15,8 @@
 //   Concat, Split, pooling, resize), so the FP32 function is exact.
 //   Guards: a zero or non-finite range gives s = 1; s is clamped to [min_scale, max_scale].
 //   ReLU6 inside: 'replace' turns the clip into ReLU; 'bound' divides its per-channel upper
-//   bound by s (exact); 'skip' regions were declined by find_cls_regions.
+//   bound by s (exact), then gauge_clip_bounds.cpp multiplies the region's scales by one factor
+//   so that every bound is ≤ 6; 'skip' regions were declined by find_cls_regions.
 //   Gated activation inside (options.gated_activations): gate_scale[c] *= s[j] (x·g(x) with
 //   x = s·x' is s·x'·g(s·x'): exact).
 //   Regions sharing a layer (a sink of one is a source of the next) disturb each other: with
@@ -24,6 +25,7 @@
 #include <cmath>
 
 #include "cls_region.h"
+#include "gauge_clip_bounds.h"
 #include "pass_util.h"
 #include "prequant/errors.h"
 #include "prequant/passes.h"
@@ -148,8 +150,8 @@ double scale_region(Graph& graph, Transaction& tx, const PlannedRegion& r, std::
 
 }  // namespace
 
-ClsRegionsResult scale_cls_regions(Graph& graph, const std::vector<ClsRegionSpec>& specs,
-                                   const ClsOptions& options) {
+ClsRegionsResult detail::scale_cls_regions_ungauged(Graph& graph, const std::vector<ClsRegionSpec>& specs,
+                                                    const ClsOptions& options) {
   const auto counts = tensor_channel_counts(graph);
   std::vector<PlannedRegion> regions;
   for (const auto& spec : specs)
@@ -202,11 +204,23 @@ ClsRegionsResult scale_cls_regions(Graph& graph, const std::vector<ClsRegionSpec
     for (size_t b : r.clips) {
       const Node& n = graph.nodes[b];
       if (n.kind == OpKind::Clip && !n.clip_max_per_channel.empty())
-        result.activation_edits.push_back({n.name, ActivationEdit::Kind::BoundedPerChannel, n.clip_max_per_channel});
+        result.activation_edits.push_back({n.name, ActivationEdit::Kind::BoundedPerChannel, n.clip_max_per_channel, {}, n.clip_max});
     }
   for (const auto& r : regions)
     for (size_t b : r.gates)
       result.activation_edits.push_back({graph.nodes[b].name, ActivationEdit::Kind::GateScaled, {}, graph.nodes[b].gate_scale});
+  tx.commit();
+  return result;
+}
+
+
+ClsRegionsResult scale_cls_regions(Graph& graph, const std::vector<ClsRegionSpec>& specs,
+                                   const ClsOptions& options) {
+  Transaction tx(graph);
+  clamp_clip_bounds(graph);
+  ClsRegionsResult result = detail::scale_cls_regions_ungauged(graph, specs, options);
+  ClsResult no_sets;
+  gauge_clip_bounds(graph, no_sets, &result, options);
   tx.commit();
   return result;
 }

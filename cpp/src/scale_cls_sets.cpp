@@ -10,7 +10,9 @@
 //           W1[c] /= S12, b1[c] /= S12; Wdw[c] *= S12/S23, bdw[c] /= S23; W3[:,c] *= S23.
 //   Guards: a channel with a zero range gets scale 1; s is clamped to [min_scale, max_scale].
 //   ReLU6 between: 'replace' turns the clip into ReLU; 'bound' divides the clip's per-channel
-//   upper bound by the same s, which keeps the FP32 output exact.
+//   upper bound by the same s, which keeps the FP32 output exact; then gauge_clip_bounds.cpp
+//   multiplies such a pair's scales by one factor so that every bound is ≤ 6 (a fusable ReLU6
+//   followed by a per-channel Min; weight ranges' ratios unchanged).
 //   Gated activation between (options.gated_activations): x·g(x) of L1's output y = s·y' is
 //   s·y'·g(s·y'), so it becomes y'·g(gate_scale·y') with gate_scale[c] *= s[c] (exact).
 //   Overlapping sets (L1→L2, L2→L3) disturb each other; with max_iterations > 1 a set is scaled
@@ -27,6 +29,7 @@
 #include "pass_util.h"
 #include "prequant/errors.h"
 #include "prequant/passes.h"
+#include "gauge_clip_bounds.h"
 #include "solve_cls_chains.h"
 
 namespace prequant {
@@ -173,7 +176,8 @@ auto make_chain_correction(const std::vector<PlannedSet>& sets, Total& total, co
 
 }  // namespace
 
-ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, const ClsOptions& options) {
+ClsResult detail::scale_cls_sets_ungauged(Graph& graph, const std::vector<ClsSetSpec>& specs,
+                                          const ClsOptions& options) {
   check_options(options);
   std::vector<PlannedSet> sets;
   for (const auto& spec : specs) sets.push_back(plan_set(graph, spec, options.relu6, options.gated_activations));
@@ -370,10 +374,19 @@ ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, con
         const Node& n = graph.nodes[b];
         if (n.kind == OpKind::Clip && !n.clip_max_per_channel.empty())
           result.activation_edits.push_back(
-              {n.name, ActivationEdit::Kind::BoundedPerChannel, n.clip_max_per_channel});
+              {n.name, ActivationEdit::Kind::BoundedPerChannel, n.clip_max_per_channel, {}, n.clip_max});
         if (n.kind == OpKind::GatedActivation)
           result.activation_edits.push_back({n.name, ActivationEdit::Kind::GateScaled, {}, n.gate_scale});
       }
+  tx.commit();
+  return result;
+}
+
+ClsResult scale_cls_sets(Graph& graph, const std::vector<ClsSetSpec>& specs, const ClsOptions& options) {
+  Transaction tx(graph);
+  clamp_clip_bounds(graph);
+  ClsResult result = detail::scale_cls_sets_ungauged(graph, specs, options);
+  gauge_clip_bounds(graph, result, nullptr, options);
   tx.commit();
   return result;
 }

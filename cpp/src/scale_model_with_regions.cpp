@@ -13,29 +13,31 @@
 #include <unordered_set>
 
 #include "cls_region.h"
+#include "gauge_clip_bounds.h"
 #include "transaction.h"
 
 namespace prequant {
 
 ClsResult scale_model_with_regions(Graph& graph, const ClsOptions& options, ClsRegionsResult& regions) {
   Transaction tx(graph);
+  clamp_clip_bounds(graph);
   ClsCandidates sets = find_cls_sets(graph, options.relu6, options.gated_activations);
   ClsRegionCandidates found = find_cls_regions(graph, options.relu6, options.gated_activations);
   ClsOptions one_sweep = options;
   one_sweep.max_iterations = 1;
 
-  ClsResult chains = scale_cls_sets(graph, sets.sets, options);
-  regions = scale_cls_regions(graph, found.regions, one_sweep);
+  ClsResult chains = detail::scale_cls_sets_ungauged(graph, sets.sets, options);
+  regions = detail::scale_cls_regions_ungauged(graph, found.regions, one_sweep);
   const int rounds = std::max(1, options.max_iterations);
   int round = 1;
   for (; round < rounds && regions.last_max_log_scale >= options.tolerance; ++round) {
-    ClsResult again = scale_cls_sets(graph, sets.sets, options);
+    ClsResult again = detail::scale_cls_sets_ungauged(graph, sets.sets, options);
     for (size_t k = 0; k < chains.sets.size(); ++k)
       for (size_t p = 0; p < chains.sets[k].pairs.size(); ++p)
         for (size_t c = 0; c < chains.sets[k].pairs[p].scale.size(); ++c)
           chains.sets[k].pairs[p].scale[c] *= again.sets[k].pairs[p].scale[c];
     chains.iterations += again.iterations;
-    ClsRegionsResult more = scale_cls_regions(graph, found.regions, one_sweep);
+    ClsRegionsResult more = detail::scale_cls_regions_ungauged(graph, found.regions, one_sweep);
     for (size_t k = 0; k < regions.regions.size(); ++k)
       for (size_t j = 0; j < regions.regions[k].scale.size(); ++j)
         regions.regions[k].scale[j] *= more.regions[k].scale[j];
@@ -45,14 +47,10 @@ ClsResult scale_model_with_regions(Graph& graph, const ClsOptions& options, ClsR
     chains.converged = again.converged;
   }
   regions.converged = regions.last_max_log_scale < options.tolerance;
-  // Clip bounds and gate scales as they ended (later rounds moved them again).
-  for (auto* edits : {&chains.activation_edits, &regions.activation_edits})
-    for (auto& e : *edits) {
-      if (e.kind == ActivationEdit::Kind::BoundedPerChannel)
-        if (const auto i = graph.find(e.node)) e.upper_bound = graph.nodes[*i].clip_max_per_channel;
-      if (e.kind == ActivationEdit::Kind::GateScaled)
-        if (const auto i = graph.find(e.node)) e.gate_scale = graph.nodes[*i].gate_scale;
-    }
+  // Once, at the end (gauged in between, the next sweep would undo it): every bound ≤ its clip's
+  // clip_max; this also records the clip bounds and gate scales as they ended (later rounds moved
+  // them again).
+  gauge_clip_bounds(graph, chains, &regions, options);
 
   std::unordered_set<std::string> in_region;
   for (const auto& r : regions.regions) in_region.insert(r.sources.begin(), r.sources.end());

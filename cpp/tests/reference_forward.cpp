@@ -378,7 +378,8 @@ std::map<std::string, Tensor> RefModel::forward_all(const std::vector<Tensor>& i
       case OpKind::Relu: y = per_channel(x, [](double v, int64_t) { return v > 0 ? v : 0.0; }); break;
       case OpKind::Clip:
         y = per_channel(x, [&](double v, int64_t c) {
-          const double hi = n.clip_max_per_channel.empty() ? n.clip_max : n.clip_max_per_channel.at(c);
+          const double hi = n.clip_max_per_channel.empty() ? n.clip_max
+                                                           : std::min(n.clip_max, n.clip_max_per_channel.at(c));
           return std::min(std::max(v, n.clip_min), hi);
         });
         break;

@@ -2,6 +2,7 @@
 // policies, validation of user-given sets, and the random-rescaling case from the guide.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 
@@ -76,18 +77,32 @@ TEST_P(ScalePairThrough, EqualizesExactly) {
   ASSERT_EQ(p.scale.size(), r1.size());
   const auto n1 = m.out_ranges("c1"), n2 = m.in_ranges("c2");
   const auto nb1 = read_all(m.node("c1").bias);
+  // A bounded ReLU6 between: the whole scale vector carries one extra factor α (the gauge that
+  // puts every bound at ≤ 6, gauge_clip_bounds.cpp): ranges balanced up to α, α = 1/min_c s[c].
+  double alpha = 1.0;
+  if (b == Between::Relu6) {
+    double smallest = INFINITY;
+    for (size_t c = 0; c < r1.size(); ++c) smallest = std::min(smallest, std::sqrt(r1[c] / r2[c]));
+    alpha = 1.0 / smallest;
+  }
   for (size_t c = 0; c < r1.size(); ++c) {
-    EXPECT_LT(rel(p.scale[c], std::sqrt(r1[c] / r2[c])), 1e-12) << "channel " << c;
-    EXPECT_LT(rel(n1[c], std::sqrt(r1[c] * r2[c])), 1e-6) << "channel " << c;
-    EXPECT_LT(rel(n2[c], std::sqrt(r1[c] * r2[c])), 1e-6) << "channel " << c;
+    EXPECT_LT(rel(p.scale[c], alpha * std::sqrt(r1[c] / r2[c])), 1e-12) << "channel " << c;
+    EXPECT_LT(rel(n1[c] * alpha, std::sqrt(r1[c] * r2[c])), 1e-6) << "channel " << c;
+    EXPECT_LT(rel(n2[c] / alpha, std::sqrt(r1[c] * r2[c])), 1e-6) << "channel " << c;
     EXPECT_LT(rel(nb1[c], b1[c] / p.scale[c]), 1e-6) << "channel " << c;
   }
   if (b == Between::Relu6) {
     const auto& clip = m.node("act");
     EXPECT_EQ(clip.kind, prequant::OpKind::Clip);
     ASSERT_EQ(clip.clip_max_per_channel.size(), r1.size());
-    for (size_t c = 0; c < r1.size(); ++c) EXPECT_LT(rel(clip.clip_max_per_channel[c], 6.0 / p.scale[c]), 1e-12);
+    for (size_t c = 0; c < r1.size(); ++c) {
+      EXPECT_LT(rel(clip.clip_max_per_channel[c], 6.0 / p.scale[c]), 1e-12);
+      EXPECT_LE(clip.clip_max_per_channel[c], 6.0 * (1 + 1e-12)) << "channel " << c;
+    }
+    EXPECT_EQ(clip.clip_max, 6.0);  // a ReLU6 (fusable) before the per-channel min
+    EXPECT_LT(rel(*std::max_element(clip.clip_max_per_channel.begin(), clip.clip_max_per_channel.end()), 6.0), 1e-12);
     ASSERT_EQ(res.activation_edits.size(), 1u);
+    EXPECT_EQ(res.activation_edits[0].clip_max, 6.0);
     EXPECT_EQ(res.activation_edits[0].node, "act");
     EXPECT_EQ(res.activation_edits[0].kind, prequant::ActivationEdit::Kind::BoundedPerChannel);
     EXPECT_EQ(res.activation_edits[0].upper_bound, clip.clip_max_per_channel);
@@ -378,22 +393,23 @@ TEST(ScaleRelu6, BoundKeepsOutputExactAndRescalesExistingBounds) {
   const auto bounds = m.node("act").clip_max_per_channel;
   ASSERT_EQ(bounds.size(), 6u);
   EXPECT_LT(max_rel_error(before, m.forward(inputs)), kTol);
-  // Disturb the pair so a second scaling changes the existing per-channel bounds.
+  // Disturb the pair so a second scaling changes the existing per-channel bounds (channel 2 / 8,
+  // so every bound stays ≤ the clip's 6, as a valid bounded clip has it).
   auto& c1 = m.node("c1");
   for_each_weight_element(FrameworkLayout::TorchConv, c1.weight.tensor.shape, 1, [&](int64_t o2, int64_t, int64_t idx) {
-    if (o2 == 2) write(c1.weight.tensor, idx, read(c1.weight.tensor, idx) * 8.0);
+    if (o2 == 2) write(c1.weight.tensor, idx, read(c1.weight.tensor, idx) / 8.0);
   });
-  write(c1.bias, 2, read(c1.bias, 2) * 8.0);
-  m.node("act").clip_max_per_channel[2] *= 8.0;
+  write(c1.bias, 2, read(c1.bias, 2) / 8.0);
+  m.node("act").clip_max_per_channel[2] /= 8.0;
   for_each_weight_element(FrameworkLayout::TorchConv, m.node("c2").weight.tensor.shape, 1,
                           [&](int64_t, int64_t i, int64_t idx) {
-                            if (i == 2) write(m.node("c2").weight.tensor, idx, read(m.node("c2").weight.tensor, idx) / 8.0);
+                            if (i == 2) write(m.node("c2").weight.tensor, idx, read(m.node("c2").weight.tensor, idx) * 8.0);
                           });
   const auto mid = m.forward(inputs);
   ASSERT_LT(max_rel_error(before, mid), kTol);
   const auto second = prequant::scale_model(m.graph, o);
   const auto& s = second.sets.at(0).pairs.at(0).scale;
-  EXPECT_NEAR(s[2], 8.0, 1e-4);
+  EXPECT_NEAR(s[2], 1.0 / 8.0, 1e-5);
   EXPECT_LT(rel(m.node("act").clip_max_per_channel[2], bounds[2]), 1e-5);
   EXPECT_LT(max_rel_error(before, m.forward(inputs)), kTol);
   (void)first;

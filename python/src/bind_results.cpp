@@ -229,6 +229,7 @@ nb::dict to_dict(const ActivationEdit& e) {
   o["kind"] = edit_kind_name(e.kind);
   o["upper_bound"] = floats_of(e.upper_bound);
   o["gate_scale"] = floats_of(e.gate_scale);
+  o["clip_max"] = e.clip_max;
   return o;
 }
 
@@ -526,6 +527,9 @@ void bind_results(nb::module_& m) {
                    "bounded_per_channel: channel c is clipped at upper_bound[c]")
       .def_prop_ro("gate_scale", [](const ActivationEdit& e) { return numpy_of(e.gate_scale); },
                    "gate_scaled: the activation is now x·g(gate_scale[c]·x)")
+      .def_ro("clip_max", &ActivationEdit::clip_max,
+              "bounded_per_channel: the clip before the bound, Clip(0, clip_max) (ReLU6: 6); every "
+              "upper_bound[c] <= clip_max")
       .def("__repr__", [](const ActivationEdit& e) {
         return "ActivationEdit(" + quote(e.node) + ", " + quote(edit_kind_name(e.kind)) + ")";
       });

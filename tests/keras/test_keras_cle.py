@@ -113,8 +113,12 @@ def assert_sets_equalized(model, result, rtol=1e-4):
     for s in result.cls.sets:
         layers = [model.get_layer(n) for n in s.layers]
         ranges = [out_ranges(layers[0])] + [out_ranges(m) for m in layers[1:-1]] + [in_ranges(layers[-1])]
+        # Balanced up to one factor per link: the gauge that puts every ReLU6 bound at <= 6
+        # multiplies whole tensors by one number (no ratio within a tensor changes).
         for a, b in zip(ranges, ranges[1:]):
-            np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-6 * a.max(), err_msg=str(s.layers))
+            live = (a > 1e-6 * a.max()) & (b > 1e-6 * b.max())
+            ratio = a[live] / b[live]
+            np.testing.assert_allclose(ratio, np.full_like(ratio, ratio[0]), rtol=rtol, err_msg=str(s.layers))
 
 
 def weights_of(model) -> list[np.ndarray]:
@@ -536,7 +540,8 @@ def test_bounded_relu_bounds_follow_in_place_scaling_and_bias_fold():
     ref = run(eq, x)
     infos = CrossLayerScaling.scale_model(eq, relu6="bound")
     assert eq.get_layer("act1") is act1
-    np.testing.assert_allclose(out_ranges(conv1), out_ranges(dw), rtol=1e-4)
+    ratio = out_ranges(conv1) / out_ranges(dw)  # balanced up to the ReLU6 gauge's one factor
+    np.testing.assert_allclose(ratio, np.full_like(ratio, ratio[0]), rtol=1e-4)
     assert rel_err(run(eq, x), ref) < 1e-4
     act2 = eq.get_layer("act2")
     upper_before = act2.upper.numpy().copy()

@@ -7,9 +7,9 @@ After:  a small prepared + equalized model (conv → BN → ReLU6 → depthwise 
         ``_experimental_disable_per_channel``), into int8 builtin ops only, and runs in
         ``tf.lite.Interpreter`` with its output close to the Keras model's.
 
-Known (issue 14 item 1): the 'bound' policy's BoundedReLU converts to CONV_2D with a fused RELU
-followed by a separate MINIMUM, whose int8 output shares the conv's unclipped range, so the
-conv+ReLU6 fusion of the original is lost (xfail below).
+The 'bound' policy's BoundedReLU (min(relu6(x), upper), every bound <= 6) converts to CONV_2D
+with the original's fused RELU6 followed by a MINIMUM (issue 14 item 1; it used to be a fused
+RELU, whose int8 output kept the conv's unclipped range).
 """
 
 import keras
@@ -88,9 +88,53 @@ def test_prepared_equalized_model_converts_to_full_integer_tflite(equalized, per
     assert _sqnr_db(reference, _run(interpreter, evaluation)) > 25.0
 
 
-@pytest.mark.xfail(strict=True, reason="BoundedReLU converts to CONV_2D(RELU) + MINIMUM: the "
-                   "conv+ReLU6 fusion is lost (issue 14 item 1)")
-def test_bounded_relu_converts_without_a_separate_minimum(equalized):
-    _, new_model = equalized
-    interpreter = _convert(new_model, _data(), per_tensor=False)
-    assert "MINIMUM" not in [op["op_name"] for op in interpreter._get_ops_details()]
+def _ops_with_fused_activation(content: bytes):
+    """[(op name, fused activation or None)] of a .tflite flatbuffer, in execution order."""
+    from tensorflow.lite.python import schema_py_generated as fb  # TF's own schema (no public API)
+
+    model = fb.Model.GetRootAs(content, 0)
+    graph = model.Subgraphs(0)
+    names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
+    acts = {v: k for k, v in vars(fb.ActivationFunctionType).items() if not k.startswith("_")}
+    out = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        name = names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]
+        act = None
+        if name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            options = fb.Conv2DOptions() if name == "CONV_2D" else fb.DepthwiseConv2DOptions()
+            table = op.BuiltinOptions()
+            options.Init(table.Bytes, table.Pos)
+            act = acts[options.FusedActivationFunction()]
+        out.append((name, act))
+    return out
+
+
+def test_bounded_relu_keeps_the_conv_relu6_fusion(equalized):
+    """BoundedReLU = min(relu6(x), upper) with every bound <= 6 (the engine's gauge): the converter
+    fuses the ReLU6 into the conv before it, as in the original model, and the per-channel bound
+    is a MINIMUM after it, so the conv's int8 output range is [0, 6], not its unclipped range."""
+    model, new_model = equalized
+    bounded = [layer for layer in new_model.layers if type(layer).__name__ == "BoundedReLU"]
+    assert len(bounded) == 2
+    for layer in bounded:
+        assert layer.max_value == 6.0
+        upper = np.asarray(layer.upper.numpy())
+        assert upper.max() <= 6.0 * (1 + 1e-6) and upper.max() >= 6.0 * (1 - 1e-6)
+    data = _data()
+
+    def converted(m):
+        converter = tf.lite.TFLiteConverter.from_keras_model(m)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([data[i:i + 1]] for i in range(12))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        return _ops_with_fused_activation(converter.convert())
+
+    original = [(op, act) for op, act in converted(model) if act is not None]
+    assert [act for _, act in original] == ["RELU6", "RELU6", "NONE"]  # the original's fusion
+    ops = converted(new_model)
+    assert [(op, act) for op, act in ops if act is not None] == original
+    for k, (op, act) in enumerate(ops):
+        if act == "RELU6":
+            assert ops[k + 1][0] == "MINIMUM", ops  # the per-channel bound, after the fused ReLU6

@@ -195,11 +195,22 @@ def test_depthwise_triple_and_bounds(cli, tmp_path):
     assert ["conv1", "conv2", "conv3"] in layers  # conv -> depthwise -> conv
     out = onnx.load(dst)
     counts = op_counts(out)
-    assert counts["Clip"] == 0 and counts["Min"] == 3 and counts["Constant"] == 0
+    # Each bounded ReLU6 is Clip(0, 6) — what quantizers fuse into the conv before it — then a
+    # per-channel Min with every bound <= 6 (the engine's gauge), not Relu then Min.
+    assert counts["Clip"] == 3 and counts["Min"] == 3 and counts["Relu"] == 0 and counts["Constant"] == 0
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
+    producer = {o: n for n in out.graph.node for o in n.output}
     for n in out.graph.node:
         if n.op_type == "Min":
-            bound = next(t for t in out.graph.initializer if t.name == n.input[1])
-            assert list(bound.dims)[1:] == [1, 1]
+            assert list(init[n.input[1]].shape)[1:] == [1, 1]
+            clip = producer[n.input[0]]
+            assert clip.op_type == "Clip" and float(init[clip.input[1]]) == 0.0 and float(init[clip.input[2]]) == 6.0
+            assert producer[clip.input[0]].op_type == "Conv"
+            bounds = init[n.input[1]]
+            assert bounds.max() <= 6.0 * (1 + 1e-6) and bounds.max() >= 6.0 * (1 - 1e-6)
+    for scaled in result["cls"]["activation_edits"]:
+        assert scaled["clip_max"] == 6.0 and max(scaled["upper_bound"]) <= 6.0 * (1 + 1e-12)
+    assert max_rel_err(run_ort(src, feeds), run_ort(dst, feeds)) < 1e-4  # onnxruntime: Clip, then Min
 
 
 def test_relu6_replace_and_skip(cli, tmp_path):

@@ -179,3 +179,34 @@ def test_between_linears_on_a_rank3_tensor_the_gate_scale_follows_the_last_axis(
     assert isinstance(model.act, GatedActivation) and model.act.channel_axis == -1
     with torch.no_grad():
         assert rel_err(model(x), ref) < 1e-10
+
+
+class ClipAndGateInOneRegion(nn.Module):
+    """relu6(c1(x)) + silu(c2(x)) → c3: one region holding a bounded ReLU6 and a gate. The ReLU6
+    gauge (every bound ≤ 6) multiplies the whole region's scales by one factor: the gate's scale
+    must follow it."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+        self.clip, self.act = nn.ReLU6(), nn.SiLU()
+
+    def forward(self, x):
+        return self.c3(self.clip(self.c1(x)) + self.act(self.c2(x)))
+
+
+def test_the_relu6_gauge_carries_the_gate_scale_in_a_region():
+    torch.manual_seed(3)
+    model = ClipAndGateInOneRegion().double().eval()
+    with torch.no_grad():  # large outputs: the bounds 6/s[c] exceed 6 before the gauge
+        model.c1.weight.mul_(torch.logspace(-1, 1.5, 8, dtype=torch.float64)[:, None, None, None])
+        model.c3.weight.mul_(torch.logspace(1, -1, 8, dtype=torch.float64)[None, :, None, None])
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64) * 4
+    with torch.no_grad():
+        ref = model(x)
+    result = equalize_model(model, gated_activations=True, regions=True)
+    assert [sorted(r.sources) for r in result.regions.regions] == [["c1", "c2"]]
+    assert isinstance(model.act, GatedActivation)
+    assert float(model.clip.upper.max()) == pytest.approx(6.0)
+    with torch.no_grad():
+        assert rel_err(model(x), ref) < 1e-10

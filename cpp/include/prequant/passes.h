@@ -18,7 +18,8 @@ namespace prequant {
 // What to do with a clip activation (ReLU6) between two layers CLS would scale.
 enum class Relu6Policy {
   Replace,  // replace the clip with ReLU, then scale (AIMET; FP32 output changes slightly)
-  Bound,    // scale, and clip channel c at max/s[c] (FP32 output unchanged)
+  Bound,    // scale, and clip channel c at max/s[c] (FP32 output unchanged); the pair's scales
+            // are then gauged so every bound ≤ max: Clip(0, max) then a per-channel Min
   Skip,     // leave such pairs unscaled
 };
 const char* relu6_policy_name(Relu6Policy p);

@@ -54,11 +54,14 @@ struct ActivationEdit {
   Kind kind = Kind::ReplacedWithRelu;
   std::vector<double> upper_bound;  // BoundedPerChannel: clip at upper_bound[c]
   std::vector<double> gate_scale;   // GateScaled: y = x·g(gate_scale[c]·x), cumulative
+  double clip_max = 0.0;            // BoundedPerChannel: the clip before the bound, Clip(0, clip_max)
+                                    // (ReLU6: 6; every upper_bound[c] ≤ it; inf: no outer clip)
 
   ActivationEdit() = default;
   ActivationEdit(std::string node_, Kind kind_, std::vector<double> upper_bound_ = {},
-                 std::vector<double> gate_scale_ = {})
-      : node(std::move(node_)), kind(kind_), upper_bound(std::move(upper_bound_)), gate_scale(std::move(gate_scale_)) {}
+                 std::vector<double> gate_scale_ = {}, double clip_max_ = 0.0)
+      : node(std::move(node_)), kind(kind_), upper_bound(std::move(upper_bound_)),
+        gate_scale(std::move(gate_scale_)), clip_max(clip_max_) {}
 };
 
 // One scaled pair of a CLS set: layer1's output channel c was divided by scale[c] and

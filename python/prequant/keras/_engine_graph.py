@@ -449,7 +449,9 @@ def _translate(eg: EngineGraph, e: Entry) -> None:
                                                  "mean": op.moving_mean.path, "var": op.moving_variance.path})
         return
     if kind == "bounded":
-        g.add_activation(e.name, "clip", data_in, outs, clip_min=0.0, clip_max=float("inf"),
+        top = getattr(op, "max_value", None)
+        g.add_activation(e.name, "clip", data_in, outs, clip_min=0.0,
+                         clip_max=float("inf") if top is None else float(top),
                          clip_max_per_channel=np.asarray(op.upper.numpy(), "float64").tolist(),
                          op_type=op_type)
         return
@@ -551,13 +553,19 @@ def apply_in_place(eg: EngineGraph, *, edits=(), bias_added=(), bounds_changed: 
             else:
                 e.op.activation = keras.activations.relu
         elif what == "bounds":
-            e.op.upper.assign(np.asarray(eg.graph.node(node_name).clip_max_per_channel, "float32"))
+            _assign_bounds(e.op, eg.graph.node(node_name))
         else:
             add_bias_variable(e.op, eg.graph.added_bias(node_name))
     if bounds_changed:
         for e in eg.entries:
             if e.kind == "bounded":
-                e.op.upper.assign(np.asarray(eg.graph.node(e.name).clip_max_per_channel, "float32"))
+                _assign_bounds(e.op, eg.graph.node(e.name))
+
+
+def _assign_bounds(layer: BoundedReLU, node) -> None:
+    """The engine's bounds (≤ its clip_max) and the outer clip into an existing BoundedReLU."""
+    layer.upper.assign(np.asarray(node.clip_max_per_channel, "float32"))
+    layer.max_value = None if np.isinf(node.clip_max) else float(node.clip_max)
 
 
 def _refuse_split_shared_variables(eg: EngineGraph) -> None:
@@ -658,8 +666,10 @@ def _activation_layer(eg: EngineGraph, e: Entry, node_name: str, edit_map):
     if edit is not None and edit[0] == "relu":
         return L.ReLU(name=layer_name, dtype=dtype)
     if edit is not None or (node_name == e.name and e.kind == "bounded"):
-        bounds = np.asarray(eg.graph.node(node_name).clip_max_per_channel, "float64")
-        return BoundedReLU(bounds, name=layer_name, dtype=dtype)
+        node = eg.graph.node(node_name)
+        bounds = np.asarray(node.clip_max_per_channel, "float64")
+        top = None if np.isinf(node.clip_max) else float(node.clip_max)
+        return BoundedReLU(bounds, max_value=top, name=layer_name, dtype=dtype)
     return L.Activation(e.op.activation, name=layer_name, dtype=dtype)  # a fused activation
 
 

@@ -36,20 +36,30 @@ _TRAINING_ONLY = ("_initializer", "_regularizer", "_constraint")  # weights are 
 
 @tf_keras.saving.register_keras_serializable(package="prequant")
 class TFKerasBoundedReLU(tf_keras.layers.Layer):
-    """tf_keras twin of prequant.keras.BoundedReLU: ``min(max(x, 0), upper[c])``, channel axis last."""
+    """tf_keras twin of prequant.keras.BoundedReLU: ``min(clip(x, 0, max_value), upper[c])``
+    (ReLU6 first, so the converter fuses it into the conv; max_value None: a plain ReLU),
+    channel axis last."""
 
-    def __init__(self, upper, **kwargs):
+    def __init__(self, upper, max_value=None, **kwargs):
         super().__init__(**kwargs)
+        self.max_value = None if max_value is None or np.isinf(max_value) else float(max_value)
         values = np.asarray(upper, dtype="float32").reshape(-1)
         self.upper = self.add_weight(name="upper", shape=(values.size,), trainable=False,
                                      initializer=tf_keras.initializers.Constant(values))
 
     def call(self, inputs):
-        return tf.minimum(tf.nn.relu(inputs), tf.cast(self.upper, inputs.dtype))
+        if self.max_value is None:
+            lower = tf.nn.relu(inputs)
+        elif self.max_value == 6.0:
+            lower = tf.nn.relu6(inputs)
+        else:
+            lower = tf.clip_by_value(inputs, 0.0, self.max_value)
+        return tf.minimum(lower, tf.cast(self.upper, inputs.dtype))
 
     def get_config(self):
         config = super().get_config()
         config["upper"] = [float(v) for v in self.upper.numpy()]
+        config["max_value"] = self.max_value
         return config
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import math
 import operator
 from dataclasses import dataclass, field
 
@@ -502,7 +503,9 @@ def _add_module(g, name, module, node, inputs, outputs, calls, rank=None, module
             eps=module.eps, op_type=type_name,
         )
     elif isinstance(module, BoundedReLU) and calls == 1:
-        g.add_activation(name, "clip", data_in, outputs, clip_min=0.0, clip_max=float("inf"),
+        top = getattr(module, "max_value", None)
+        g.add_activation(name, "clip", data_in, outputs, clip_min=0.0,
+                         clip_max=float("inf") if top is None else float(top),
                          clip_max_per_channel=module.upper.double().tolist(), op_type=type_name)
     elif isinstance(module, nn.ReLU):
         g.add_activation(name, "relu", data_in, outputs, op_type=type_name)
@@ -719,7 +722,7 @@ def apply_activation_edits(eg: EngineGraph, edits) -> None:
             _set_submodule(eg.model, path, nn.ReLU())
         else:  # the final bounds: high-bias absorption may have lowered them after scaling
             upper = torch.as_tensor(info.clip_max_per_channel, dtype=_parameter_dtype(eg.model))
-            _set_submodule(eg.model, path, BoundedReLU(upper))
+            _set_submodule(eg.model, path, BoundedReLU(upper, max_value=info.clip_max))
 
 
 def _channel_axis(eg: EngineGraph, node_name: str) -> int:
@@ -744,6 +747,7 @@ def apply_high_bias(eg: EngineGraph, hb_result) -> None:
         module = eg.modules.get(node.name)
         if isinstance(module, BoundedReLU) and len(node.clip_max_per_channel):
             module.upper.copy_(torch.as_tensor(node.clip_max_per_channel, dtype=module.upper.dtype))
+            module.max_value = None if math.isinf(node.clip_max) else float(node.clip_max)
 
 
 def apply_equalize(eg: EngineGraph, result) -> None:
