@@ -96,3 +96,20 @@ def test_replace_policy_after_bound_gives_a_plain_relu():
     model, _, _ = _equalized()
     equalize_model(model, relu6="replace")
     assert isinstance(model.act1, nn.ReLU) and isinstance(model.act2, nn.ReLU)
+
+
+def test_between_linears_on_a_rank3_tensor_the_bounds_follow_the_last_axis():
+    """nn.Linear contracts the last axis: on (N, T, C) the bounded ReLU6 between two Linears must
+    clip channels on the last axis (it reshaped onto axis 1 and failed at forward before)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU6(), nn.Linear(16, 4)).double().eval()
+    with torch.no_grad():
+        model[0].weight.mul_(torch.logspace(-2, 2, 16, dtype=torch.float64)[:, None])
+    x = torch.randn(2, 5, 8, dtype=torch.float64) * 3
+    with torch.no_grad():
+        ref = model(x)
+    result = equalize_model(model)
+    assert len(result.cls.sets) == 1
+    assert isinstance(model[1], BoundedReLU) and model[1].channel_axis == -1
+    with torch.no_grad():
+        assert float((model(x) - ref).abs().max() / ref.abs().max()) < 1e-10

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prequant import _core
+from prequant._manual_cls import record_folded_before
 from prequant.torch.activations import BoundedReLU, GatedActivation
 from prequant.torch.op_conversions.base import SHAPE_METHODS, find_size_nodes
 
@@ -684,8 +685,8 @@ def apply_folds(eg: EngineGraph, fold_result) -> list[tuple[nn.Module, nn.Module
         bn = eg.modules[folded.request.bn]
         if folded.bias_added:
             _give_bias(eg, folded.request.layer)
-        # High-bias absorption may only use a BN that sat after its layer; remember which did not.
-        bn._prequant_folded_before_layer = folded.request.direction == "bn_then_conv"
+        if folded.request.direction == "bn_then_conv":  # absorption may only use a BN after its layer
+            record_folded_before(layer, bn)
         _set_submodule(eg.model, _module_path(eg, folded.request.bn), nn.Identity())
         pairs.append((layer, bn))
     return pairs
@@ -709,6 +710,7 @@ def _parameter_dtype(model: nn.Module) -> torch.dtype:
 def apply_activation_edits(eg: EngineGraph, edits) -> None:
     """ReLU6 replaced: nn.ReLU; ReLU6 bounded per channel: BoundedReLU(bounds); SiLU / Hardswish /
     GELU scaled through: GatedActivation(gate, gate_scale)."""
+    producer = {t: n for n in eg.graph.nodes() if not n.removed for t in n.outputs}
     for edit in edits:
         module = eg.modules.get(edit.node)
         if module is None:
@@ -717,19 +719,20 @@ def apply_activation_edits(eg: EngineGraph, edits) -> None:
         info = eg.graph.node(edit.node)
         if info.kind == "gated":  # the final scales, read from the graph (later rounds moved them)
             scale = torch.as_tensor(info.gate_scale, dtype=_parameter_dtype(eg.model))
-            _set_submodule(eg.model, path, GatedActivation(info.gate, scale, _channel_axis(eg, edit.node)))
+            _set_submodule(eg.model, path, GatedActivation(info.gate, scale, _channel_axis(eg, producer, edit.node)))
         elif info.kind == "relu":
             _set_submodule(eg.model, path, nn.ReLU())
         else:  # the final bounds: high-bias absorption may have lowered them after scaling
             upper = torch.as_tensor(info.clip_max_per_channel, dtype=_parameter_dtype(eg.model))
-            _set_submodule(eg.model, path, BoundedReLU(upper, max_value=info.clip_max))
+            _set_submodule(eg.model, path, BoundedReLU(upper, max_value=info.clip_max,
+                                                       channel_axis=_channel_axis(eg, producer, edit.node)))
 
 
-def _channel_axis(eg: EngineGraph, node_name: str) -> int:
+def _channel_axis(eg: EngineGraph, producer: dict, node_name: str) -> int:
     """-1 if the channels reaching `node_name` come from an nn.Linear (which contracts the last
     axis: a rank > 2 tensor keeps its channels last), else 1. Walks back through the per-channel
-    nodes between (the engine scaled across them, so a layer produces this tensor's channels)."""
-    producer = {t: n for n in eg.graph.nodes() if not n.removed for t in n.outputs}
+    nodes between (the engine scaled across them, so a layer produces this tensor's channels).
+    ``producer``: tensor name -> the graph node writing it."""
     node = eg.graph.node(node_name)
     while node.inputs and node.inputs[0] in producer:
         node = producer[node.inputs[0]]

@@ -23,10 +23,15 @@ from torch import nn
 
 
 class BoundedReLU(nn.Module):
-    """ReLU6 (``clamp(x, 0, max_value)``) then a per-channel upper bound (channel axis 1)."""
+    """ReLU6 (``clamp(x, 0, max_value)``) then a per-channel upper bound. ``channel_axis`` is 1
+    (conv activations) or -1 (between nn.Linear layers on a tensor of rank > 2, whose channels are
+    the last axis), as for GatedActivation."""
 
-    def __init__(self, upper: torch.Tensor, max_value: float | None = 6.0):
+    def __init__(self, upper: torch.Tensor, max_value: float | None = 6.0, channel_axis: int = 1):
         super().__init__()
+        if channel_axis not in (1, -1):
+            raise ValueError(f"channel_axis must be 1 or -1, got {channel_axis!r}")
+        self.channel_axis = channel_axis
         upper = torch.as_tensor(upper)
         # Keep a float64 model's bounds in float64: rounding 6/s[c] to float32 moves the clip by
         # ~1e-7 relative, which deep random-statistics networks amplify far above 1e-5.
@@ -35,13 +40,15 @@ class BoundedReLU(nn.Module):
         self.max_value = None if max_value is None or math.isinf(max_value) else float(max_value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        top = getattr(self, "max_value", None)  # absent in modules pickled before it existed
+        # max_value and channel_axis are absent in modules pickled before they existed
+        shape = [1, -1] + [1] * (x.dim() - 2) if getattr(self, "channel_axis", 1) == 1 else [-1]
+        top = getattr(self, "max_value", None)
         lower = torch.relu(x) if top is None else torch.clamp(x, 0.0, top)
         return torch.minimum(lower, self.upper.to(x.dtype).view(shape))
 
     def extra_repr(self) -> str:
-        return f"channels={self.upper.numel()}, max_value={getattr(self, 'max_value', None)}"
+        axis = "" if getattr(self, "channel_axis", 1) == 1 else ", channel_axis=-1"
+        return f"channels={self.upper.numel()}, max_value={getattr(self, 'max_value', None)}{axis}"
 
 
 _GATES = ("sigmoid", "hard_sigmoid", "gelu_erf", "gelu_tanh")
