@@ -125,9 +125,19 @@ def build_report(original_model, prepared_model, tracer) -> PrepareReport:
             f"internal: prepared weights {unexplained} have no original; please report this",
             layer_name=prepared_model.name)
 
-    variable_records = []
-    seen = set()
-    for var in original_model.weights:
+    variable_records = account_variables(original_model.weights, destinations, lambda var: var.path)
+    return PrepareReport(layer_records, variable_records, _custom_objects(prepared_model),
+                         list(tracer.warnings), dict(tracer.unsavable))
+
+
+def account_variables(weights, destinations: dict, name_of) -> list:
+    """One VariableRecord per distinct original variable: where it went in the prepared model.
+
+    ``destinations``: id(original variable) -> [(kind, new layer name, new variable path)], kind
+    as the layer's origin ("copy", "opaque", "shared", ...). Keras 3 and tf_keras reports both
+    account here; ``name_of`` reads a variable's name (``.path`` in Keras 3, ``.name`` in tf_keras)."""
+    records, seen = [], set()
+    for var in weights:
         if id(var) in seen:
             continue
         seen.add(id(var))
@@ -144,10 +154,8 @@ def build_report(original_model, prepared_model, tracer) -> PrepareReport:
         else:
             status = "copied"
             note = f"unrolled into {len(paths)} copies" if len(paths) > 1 else ""
-        variable_records.append(VariableRecord(var.path, status, paths, names, note))
-
-    return PrepareReport(layer_records, variable_records, _custom_objects(prepared_model),
-                         list(tracer.warnings), dict(tracer.unsavable))
+        records.append(VariableRecord(name_of(var), status, paths, names, note))
+    return records
 
 
 def _custom_objects(prepared_model) -> dict:

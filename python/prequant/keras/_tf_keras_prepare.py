@@ -43,7 +43,7 @@ from tf_keras.src.engine.keras_tensor import KerasTensor as _KerasTensor
 from tf_keras.src.layers.core.tf_op_layer import TFOpLambda as _TFOpLambda
 
 from ._prepare_errors import NeedsOpaque, PrepareError
-from ._prepare_report import LayerRecord, PrepareReport, VariableRecord
+from ._prepare_report import LayerRecord, PrepareReport, account_variables
 
 _L = tf_keras.layers
 _ORIGINAL_LAYER_CALL = _base_layer.Layer.__call__
@@ -424,23 +424,7 @@ def _report(original, prepared, tracer) -> PrepareReport:
         layers.append(LayerRecord(layer.name, type(layer).__name__, kind, source, note))
         for src, dst in pairs:
             homes.setdefault(id(src), []).append((kind, layer.name, dst.name))
-    variables, seen = [], set()
-    for var in original.weights:
-        if id(var) in seen:
-            continue
-        seen.add(id(var))
-        found = homes.get(id(var), [])
-        kinds = {k for k, _, _ in found}
-        names = tuple(dict.fromkeys(n for _, n, _ in found))
-        if not found:
-            status, note = "unused", "no call() on the traced path uses it: left out"
-        elif kinds == {"opaque"}:
-            status, note = "opaque", f"kept in opaque layer {', '.join(names)}"
-        elif "shared" in kinds:
-            status, note = "shared", f"the original variable itself, in {', '.join(names)}"
-        else:
-            status, note = "copied", (f"unrolled into {len(found)} copies" if len(found) > 1 else "")
-        variables.append(VariableRecord(var.name, status, tuple(p for _, _, p in found), names, note))
+    variables = account_variables(original.weights, homes, lambda var: var.name)
     custom = {type(l).__name__: type(l) for l in prepared.layers if not is_builtin_class(type(l))}
     return PrepareReport(layers, variables, custom, list(tracer.warnings))
 
