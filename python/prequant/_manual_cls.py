@@ -158,8 +158,6 @@ def record_folded_before(layer, bn) -> None:
 def folded_before(layer, bn) -> bool:
     """True if `bn` was folded into `layer` from before it (BN→conv): its γ, β describe the
     layer's input, not its output, so high-bias absorption must not use them."""
-    if getattr(bn, "_prequant_folded_before_layer", False):  # PyTorch's record, on the BN module
-        return True
     try:
         return id(bn) in _FOLDED_BEFORE.get(layer, ())
     except TypeError:  # an object that cannot be weakly referenced was never recorded
