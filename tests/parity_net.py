@@ -85,7 +85,20 @@ def onnx_model(w: dict[str, np.ndarray]):
     return model
 
 
-def equalize_onnx(tmp_path, w: dict[str, np.ndarray], cli: str, extra_args=()) -> dict[str, np.ndarray]:
+def cli() -> str:
+    """The `prequant` tool under test: $PREQUANT_CLI, else the one on PATH."""
+    import os
+    import shutil
+
+    import pytest
+
+    path = os.environ.get("PREQUANT_CLI") or shutil.which("prequant")
+    if not path:
+        pytest.fail("the `prequant` tool is not on PATH (pip install .) and PREQUANT_CLI is not set")
+    return path
+
+
+def equalize_onnx(tmp_path, w: dict[str, np.ndarray], extra_args=()) -> dict[str, np.ndarray]:
     """Run `prequant equalize --regions` on ``onnx_model(w)``; returns every Conv and Gemm's
     weight and bias after it, keyed like ``weights()`` ("c0.weight", "fc.bias"...)."""
     import subprocess
@@ -95,7 +108,7 @@ def equalize_onnx(tmp_path, w: dict[str, np.ndarray], cli: str, extra_args=()) -
 
     src, dst = tmp_path / "parity.onnx", tmp_path / "parity_eq.onnx"
     onnx.save(onnx_model(w), str(src))
-    subprocess.run([cli, "equalize", str(src), "-o", str(dst), "--regions", *extra_args],
+    subprocess.run([cli(), "equalize", str(src), "-o", str(dst), "--regions", *extra_args],
                    check=True, capture_output=True)
     out = onnx.load(str(dst))
     inits = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
@@ -106,6 +119,14 @@ def equalize_onnx(tmp_path, w: dict[str, np.ndarray], cli: str, extra_args=()) -
             found[node.name + ".bias"] = inits[node.input[2]]
     assert sorted(found) == sorted(f"{n}.{p}" for n in [*CONVS, "fc"] for p in ("weight", "bias")), sorted(found)
     return found
+
+
+def assert_regions(result) -> None:
+    """The regions every front end must find: the residual stream (c0 and c2 write it; c1, ca and
+    cb read it) and the concat (ca, cb → cc)."""
+    regions = sorted((sorted(r.sources), sorted(r.sinks)) for r in result.regions.regions)
+    assert regions == [(["c0", "c2"], ["c1", "ca", "cb"]), (["ca", "cb"], ["cc"])], \
+        (regions, [d.reason for d in result.regions.declined])
 
 
 def assert_same_weights(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:

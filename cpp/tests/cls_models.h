@@ -1,12 +1,29 @@
 // cls_models.h — small models shared by the cross-layer-scaling tests.
 #pragma once
 
+#include <cmath>
+#include <cstdint>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "reference_model.h"
 
 namespace pqtest {
+
+// Random per-output-channel factors in [1e-2, 1e2] on `layer` (rows and bias): the imbalance
+// cross-layer scaling should remove (very different s[c] afterwards). Same seed, same factors.
+inline void unbalance(RefModel& m, const std::string& layer, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> d(std::log(1e-2), std::log(1e2));
+  prequant::Node& n = m.node(layer);
+  std::vector<double> f(static_cast<size_t>(n.out_channels()));
+  for (auto& v : f) v = std::exp(d(rng));
+  prequant::scale_out_channels(n.weight, f);
+  if (!n.bias.empty())
+    for (size_t c = 0; c < f.size(); ++c)
+      write(n.bias, static_cast<int64_t>(c), read(n.bias, static_cast<int64_t>(c)) * f[c]);
+}
 
 // What sits between the two layers of a pair.
 enum class Between {

@@ -19,18 +19,6 @@ using prequant::Relu6Policy;
 
 constexpr double kTol = 1e-4;
 
-// Per-output-channel factors in [1e-2, 1e2] on `layer` (rows) — an imbalance CLS should remove.
-void unbalance(RefModel& m, const std::string& layer, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<double> d(std::log(1e-2), std::log(1e2));
-  prequant::Node& n = m.node(layer);
-  std::vector<double> f(static_cast<size_t>(n.out_channels()));
-  for (auto& v : f) v = std::exp(d(rng));
-  prequant::scale_out_channels(n.weight, f);
-  if (!n.bias.empty())
-    for (size_t c = 0; c < f.size(); ++c) write(n.bias, static_cast<int64_t>(c), read(n.bias, static_cast<int64_t>(c)) * f[c]);
-}
-
 // x → c0 → stream; three blocks ca_k → relu → cb_k added to the stream (no activation after the
 // Add, as in EfficientNet); the stream → global average pool → fc. One region: sources c0, cb1..3;
 // sinks ca1..3, fc.

@@ -18,19 +18,6 @@ using prequant::OpKind;
 
 constexpr double kTol = 1e-4;  // float32 weights rescaled by factors up to 1e2
 
-// Per-output-channel factors in [1e-2, 1e2] on `layer` (rows, and its bias).
-void unbalance(RefModel& m, const std::string& layer, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<double> d(std::log(1e-2), std::log(1e2));
-  prequant::Node& n = m.node(layer);
-  std::vector<double> f(static_cast<size_t>(n.out_channels()));
-  for (auto& v : f) v = std::exp(d(rng));
-  prequant::scale_out_channels(n.weight, f);
-  if (!n.bias.empty())
-    for (size_t c = 0; c < f.size(); ++c)
-      write(n.bias, static_cast<int64_t>(c), read(n.bias, static_cast<int64_t>(c)) * f[c]);
-}
-
 ClsOptions gated_on() {
   ClsOptions o;
   o.gated_activations = true;

@@ -20,18 +20,6 @@ constexpr double kTol = 1e-5;
 
 double rel(double a, double b) { return std::abs(a - b) / std::max({std::abs(a), std::abs(b), 1e-300}); }
 
-// Random per-channel factors 1e-2..1e2 on a layer's outputs: very different s[c] afterwards.
-void unbalance(RefModel& m, const std::string& layer, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<double> d(std::log(1e-2), std::log(1e2));
-  prequant::Node& n = m.node(layer);
-  std::vector<double> f(static_cast<size_t>(n.out_channels()));
-  for (auto& v : f) v = std::exp(d(rng));
-  prequant::scale_out_channels(n.weight, f);
-  if (!n.bias.empty())
-    for (size_t c = 0; c < f.size(); ++c) write(n.bias, static_cast<int64_t>(c), read(n.bias, static_cast<int64_t>(c)) * f[c]);
-}
-
 // x → c1 → act1 → dw → act2 → c3 → act3 → c4: a triple and a pair, each activation a ReLU6
 // (relu6 = true) or a ReLU, producers unbalanced.
 void build_chain(RefModel& m, bool relu6) {

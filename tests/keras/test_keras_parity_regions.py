@@ -4,8 +4,6 @@ weights out (1e-5), regions on. The PyTorch half is tests/torch/test_torch_parit
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -45,13 +43,6 @@ def build(w: dict[str, np.ndarray]) -> keras.Model:
     return model
 
 
-def _cli() -> str:
-    path = os.environ.get("PREQUANT_CLI") or shutil.which("prequant")
-    if not path:
-        pytest.fail("the `prequant` tool is not on PATH (pip install .) and PREQUANT_CLI is not set")
-    return path
-
-
 @pytest.mark.parametrize("high_bias", [False, True])
 def test_keras_and_onnx_equalize_the_same_regions(tmp_path, high_bias):
     w = parity_net.weights(seed=3)
@@ -59,9 +50,7 @@ def test_keras_and_onnx_equalize_the_same_regions(tmp_path, high_bias):
     x = np.random.default_rng(0).normal(size=(1, 12, 12, 3)).astype("float32")
     ref = model.predict(x, verbose=0)
     new, result = equalize_model(model, regions=True, absorb_high_bias=high_bias, return_result=True)
-    regions = sorted((sorted(r.sources), sorted(r.sinks)) for r in result.regions.regions)
-    assert regions == [(["c0", "c2"], ["c1", "ca", "cb"]), (["ca", "cb"], ["cc"])], \
-        (regions, [d.reason for d in result.regions.declined])
+    parity_net.assert_regions(result)
     if not high_bias:
         out = new.predict(x, verbose=0)
         assert np.max(np.abs(out - ref)) / np.max(np.abs(ref)) < 1e-5
@@ -70,5 +59,5 @@ def test_keras_and_onnx_equalize_the_same_regions(tmp_path, high_bias):
         kernel, bias = new.get_layer(name).get_weights()
         got[name + ".weight"] = kernel.transpose(3, 2, 0, 1) if kernel.ndim == 4 else kernel.T
         got[name + ".bias"] = bias
-    want = parity_net.equalize_onnx(tmp_path, w, _cli(), ["--high-bias"] if high_bias else [])
+    want = parity_net.equalize_onnx(tmp_path, w, ["--high-bias"] if high_bias else [])
     parity_net.assert_same_weights(got, want)
