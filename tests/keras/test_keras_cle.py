@@ -12,6 +12,8 @@ After:  fold and equalize return new models whose inference output equals the or
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -365,7 +367,8 @@ def test_activation_layers_and_opaque_ops():
     eq, result = equalize_model(model, absorb_high_bias=False, return_result=True)
     assert [s.layers for s in result.cls.sets] == [["c1", "c2"]]
     assert isinstance(eq.get_layer("act_relu6"), BoundedReLU)
-    assert "the output of 'act_relu' feeds 'c3' and 'add'" in result.explain()
+    # keras.ops.add's layer is auto-named: 'add', or 'add_<n>' after other tests in the process
+    assert re.search(r"the output of 'act_relu' feeds 'c3' and 'add(_\d+)?'", result.explain())
     assert rel_err(run(eq, x), ref) < 1e-4
 
 
