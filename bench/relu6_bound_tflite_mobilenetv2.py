@@ -70,46 +70,22 @@ def realistic_model(calib: np.ndarray):
     return model
 
 
-def fused_ops(content: bytes) -> str:
-    from tensorflow.lite.python import schema_py_generated as fb
+def _load_tflite_helpers():
+    """prequant/demo/_tflite.py of this checkout, loaded by path: the "before" side's PYTHONPATH
+    may hold a prequant without it (the module imports only TensorFlow and numpy)."""
+    import importlib.util
 
-    m = fb.Model.GetRootAs(content, 0)
-    g = m.Subgraphs(0)
-    names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
-    relu6 = mins = convs = 0
-    for i in range(g.OperatorsLength()):
-        op = g.Operators(i)
-        code = m.OperatorCodes(op.OpcodeIndex())
-        name = names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]
-        mins += name == "MINIMUM"
-        if name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-            convs += 1
-            o = fb.Conv2DOptions() if name == "CONV_2D" else fb.DepthwiseConv2DOptions()
-            t = op.BuiltinOptions()
-            o.Init(t.Bytes, t.Pos)
-            relu6 += o.FusedActivationFunction() == fb.ActivationFunctionType.RELU6
-    return f"{relu6}/{convs} convs fused RELU6, MINIMUM {mins}"
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python", "prequant", "demo", "_tflite.py")
+    spec = importlib.util.spec_from_file_location("prequant_demo_tflite", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tflite_outputs(model, calib, x, per_tensor: bool):
-    import tensorflow as tf
-
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([calib[i:i + 1]] for i in range(len(calib)))
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    if per_tensor:
-        conv._experimental_disable_per_channel = True  # private: TFLite has no public switch
-    content = conv.convert()
-    interp = tf.lite.Interpreter(model_content=content, num_threads=2)
-    interp.allocate_tensors()
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    outs = []
-    for row in x:
-        interp.set_tensor(inp["index"], row[None])
-        interp.invoke()
-        outs.append(interp.get_tensor(out["index"]).copy())
-    return np.concatenate(outs), fused_ops(content)
+    tfl = _load_tflite_helpers()
+    content = tfl.convert_int8(model, calib, per_tensor=per_tensor)
+    return tfl.run_tflite(content, x), tfl.describe_ops(content)
 
 
 def sqnr(ref, out):

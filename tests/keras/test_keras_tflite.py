@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 from conftest import randomize_batch_norms
 from prequant.keras import prepare_model
+from prequant.demo._tflite import convert_int8, ops_with_fused_activation, run_tflite
 from prequant.keras.cross_layer_equalization import equalize_model
 
 INT8_OPS = {"QUANTIZE", "DEQUANTIZE", "CONV_2D", "DEPTHWISE_CONV_2D", "MINIMUM", "MEAN",
@@ -39,28 +40,6 @@ def _data():
     return np.random.default_rng(0).normal(size=(24, 12, 12, 3)).astype("float32")
 
 
-def _convert(model, data, *, per_tensor: bool):
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([data[i:i + 1]] for i in range(12))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    if per_tensor:
-        converter._experimental_disable_per_channel = True  # private: TFLite has no public switch
-    interpreter = tf.lite.Interpreter(model_content=converter.convert())
-    interpreter.allocate_tensors()
-    return interpreter
-
-
-def _run(interpreter, data):
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    outputs = []
-    for row in data:
-        interpreter.set_tensor(inp["index"], row[None])
-        interpreter.invoke()
-        outputs.append(interpreter.get_tensor(out["index"]).copy())
-    return np.concatenate(outputs)
-
-
 def _sqnr_db(reference, actual):
     return 10 * np.log10(np.sum(reference ** 2) / np.sum((actual - reference) ** 2))
 
@@ -76,39 +55,16 @@ def equalized():
 def test_prepared_equalized_model_converts_to_full_integer_tflite(equalized, per_tensor):
     model, new_model = equalized
     data = _data()
-    interpreter = _convert(new_model, data, per_tensor=per_tensor)
+    content = convert_int8(new_model, data[:12], per_tensor=per_tensor)
+    interpreter = tf.lite.Interpreter(model_content=content)
     ops = [op["op_name"] for op in interpreter._get_ops_details()]
     assert set(ops) <= INT8_OPS, ops
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= set(ops)
-    assert interpreter.get_tensor_details()  # ran
     evaluation = data[12:]
     reference = np.asarray(model(evaluation, training=False))
     np.testing.assert_allclose(np.asarray(new_model(evaluation, training=False)), reference,
                                rtol=1e-4, atol=1e-4)  # the FP32 function is kept ('bound')
-    assert _sqnr_db(reference, _run(interpreter, evaluation)) > 25.0
-
-
-def _ops_with_fused_activation(content: bytes):
-    """[(op name, fused activation or None)] of a .tflite flatbuffer, in execution order."""
-    from tensorflow.lite.python import schema_py_generated as fb  # TF's own schema (no public API)
-
-    model = fb.Model.GetRootAs(content, 0)
-    graph = model.Subgraphs(0)
-    names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
-    acts = {v: k for k, v in vars(fb.ActivationFunctionType).items() if not k.startswith("_")}
-    out = []
-    for i in range(graph.OperatorsLength()):
-        op = graph.Operators(i)
-        code = model.OperatorCodes(op.OpcodeIndex())
-        name = names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]
-        act = None
-        if name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-            options = fb.Conv2DOptions() if name == "CONV_2D" else fb.DepthwiseConv2DOptions()
-            table = op.BuiltinOptions()
-            options.Init(table.Bytes, table.Pos)
-            act = acts[options.FusedActivationFunction()]
-        out.append((name, act))
-    return out
+    assert _sqnr_db(reference, run_tflite(content, evaluation)) > 25.0
 
 
 def test_bounded_relu_keeps_the_conv_relu6_fusion(equalized):
@@ -125,11 +81,7 @@ def test_bounded_relu_keeps_the_conv_relu6_fusion(equalized):
     data = _data()
 
     def converted(m):
-        converter = tf.lite.TFLiteConverter.from_keras_model(m)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([data[i:i + 1]] for i in range(12))
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        return _ops_with_fused_activation(converter.convert())
+        return ops_with_fused_activation(convert_int8(m, data[:12]))
 
     original = [(op, act) for op, act in converted(model) if act is not None]
     assert [act for _, act in original] == ["RELU6", "RELU6", "NONE"]  # the original's fusion
