@@ -8,12 +8,47 @@ Conversion: ``tf.lite.TFLiteConverter.from_keras_model``, ``Optimize.DEFAULT``, 
 dataset (the calibration images, one per step), int8 builtin ops only (float input and output,
 quantized inside). Per-channel weights are the converter's default; per-tensor needs its private
 attribute ``_experimental_disable_per_channel`` (TFLite has no public switch; it may change
-without notice). Evaluation: ``tf.lite.Interpreter``, one image per invoke.
+without notice). Evaluation: ``tf.lite.Interpreter``, one image per invoke (TF 2.20+ warns that
+it moves to the ai_edge_litert package; that package is not a dependency, the warning is muted).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
+import warnings
+
 import numpy as np
+
+
+@contextlib.contextmanager
+def _converter_output_held():
+    """The converter prints the exported SavedModel's signature (Python, stdout) and its MLIR
+    notes (C++, stderr) for every model: hold both in a file, show them only if it fails."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            if failed:
+                log.seek(0)
+                sys.stderr.write(log.read()[-5000:].decode(errors="replace"))
 
 
 def convert_int8(model, calibration: np.ndarray, *, per_tensor: bool = False) -> bytes:
@@ -26,14 +61,17 @@ def convert_int8(model, calibration: np.ndarray, *, per_tensor: bool = False) ->
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     if per_tensor:
         converter._experimental_disable_per_channel = True  # private: TFLite has no public switch
-    return converter.convert()
+    with _converter_output_held():
+        return converter.convert()
 
 
 def run_tflite(content: bytes, x: np.ndarray, threads: int = 2) -> np.ndarray:
     """The model's (float) output for every row of `x`, one invoke per row."""
     import tensorflow as tf
 
-    interpreter = tf.lite.Interpreter(model_content=content, num_threads=threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "tf.lite.Interpreter is deprecated ..."
+        interpreter = tf.lite.Interpreter(model_content=content, num_threads=threads)
     interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     outputs = []
