@@ -117,7 +117,7 @@ def main():
     from prequant.keras.cross_layer_equalization import equalize_model
 
     t_start = time.time()
-    load_before = os.getloadavg()
+    load_before, measured_at = os.getloadavg(), commit()  # the code that runs, not that at the end
     calib, x, y = load_split(args.calib, args.eval)
     print(f"data: {len(calib)} calibration, {len(x)} evaluation images", flush=True)
     model = efficientnet_lite0_keras()
@@ -151,10 +151,11 @@ def main():
         int8_rows(label, eq, sqnr_db(ref, fp32))
 
     total = time.time() - t_start
-    write_report(args, rows, notes, total, load_before, os.getloadavg(), tf.__version__, keras.__version__)
+    write_report(args, rows, notes, total, load_before, os.getloadavg(), measured_at, tf.__version__,
+                 keras.__version__)
 
 
-def write_report(args, rows, notes, total, load_before, load_after, tf_version, keras_version):
+def write_report(args, rows, notes, total, load_before, load_after, measured_at, tf_version, keras_version):
     cmd = "PYTHONPATH=python python bench/accuracy_efficientnet_lite0_tflite.py"
     if args.calib != 100:
         cmd += f" --calib {args.calib}"
@@ -165,7 +166,7 @@ def write_report(args, rows, notes, total, load_before, load_after, tf_version, 
     lines = [
         "# EfficientNet-Lite0 (ImageNet) in Keras — TFLite INT8 before / after prequant",
         "",
-        f"Command: `{cmd}` (from the repository root); commit {commit()}.",
+        f"Command: `{cmd}` (from the repository root); commit {measured_at}.",
         "",
         f"Machine: {platform.platform()}, {os.cpu_count()} cores, {args.threads} threads; load average "
         f"{load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end (1 min); TensorFlow {tf_version}, "
