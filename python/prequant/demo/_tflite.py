@@ -1,6 +1,6 @@
 """TFLite full-integer INT8 for Keras models: convert, run, and count the ops that matter.
 
-Shared by the Keras demo (``python -m prequant.demo.keras_tflite``), bench/accuracy_efficientnet_lite0_tflite.py
+Shared by the Keras demo (``python -m prequant.demo --keras``), bench/accuracy_efficientnet_lite0_tflite.py
 and bench/relu6_bound_tflite_mobilenetv2.py (which loads this file by path, so its "before" side
 can import an older prequant). Imports TensorFlow, never prequant or torch.
 
