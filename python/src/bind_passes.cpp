@@ -262,7 +262,8 @@ void bind_passes(nb::module_& m) {
         return run_without_gil(g, [&](Graph& graph) { return correct_bias(graph, stats, q); });
       },
       "graph"_a, "bn_stats"_a = nb::none(), "bits"_a = 8, "per_channel"_a = false, "symmetric"_a = true,
-      "Analytic bias correction (DFQ 4.2): b -= (Q(W) - W) E[x], E[x] from the BN before each layer (in the graph, "
+      "Analytic bias correction (DFQ 4.2): b -= (Q(W) - W) E[x], E[x] from the BNs before each layer carried "
+      "through activations, Adds, Concats, Splits, average pools and Resizes (BNs in the graph, "
       "or bn_stats: the FoldResult, or {layer: (gamma, beta) | FoldedBnStats} for BNs folded after layers, as "
       "their outputs are now). Changes the FP32 function on purpose.");
 
