@@ -178,12 +178,17 @@ BiasCorrectionResult correct_bias(Graph& graph, const std::unordered_map<std::st
   return result;
 }
 
-std::unordered_map<std::string, FoldedBnStats> track_folded_bn_stats(const FoldResult& fold, const ClsResult& cls,
-                                                                      const HighBiasResult& high_bias,
-                                                                      const ClsRegionsResult& regions) {
+std::unordered_map<std::string, FoldedBnStats> folded_bn_stats(const FoldResult& fold) {
   std::unordered_map<std::string, FoldedBnStats> stats;
   for (const auto& pair : fold.folded)
     if (pair.request.direction == FoldDirection::ConvThenBn) stats[pair.request.layer] = pair.bn_stats;
+  return stats;
+}
+
+std::unordered_map<std::string, FoldedBnStats> track_folded_bn_stats(const FoldResult& fold, const ClsResult& cls,
+                                                                      const HighBiasResult& high_bias,
+                                                                      const ClsRegionsResult& regions) {
+  auto stats = folded_bn_stats(fold);
   // A size mismatch (a result not from this graph) drops the entry: correct_bias then declines
   // the layers it feeds, rather than using statistics that no longer describe them.
   const auto divide = [&stats](const std::string& layer, const std::vector<double>& scale) {

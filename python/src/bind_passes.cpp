@@ -79,11 +79,7 @@ std::vector<ClsSetResult> cls_results_of(nb::handle sets) {
 
 std::unordered_map<std::string, FoldedBnStats> bn_stats_of(nb::handle stats) {
   std::unordered_map<std::string, FoldedBnStats> out;
-  if (nb::isinstance<FoldResult>(stats)) {
-    for (const auto& p : nb::cast<const FoldResult&>(stats).folded)
-      if (p.request.direction == FoldDirection::ConvThenBn) out[p.request.layer] = p.bn_stats;
-    return out;
-  }
+  if (nb::isinstance<FoldResult>(stats)) return folded_bn_stats(nb::cast<const FoldResult&>(stats));
   if (!nb::isinstance<nb::dict>(stats))
     throw InvalidRequestError("bn_stats must be a FoldResult or a dict {layer: (gamma, beta) or FoldedBnStats}, got " +
                               python_type_name(stats) + ".");
