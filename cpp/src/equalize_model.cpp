@@ -27,10 +27,7 @@ EqualizeResult equalize_model(Graph& graph, const EqualizeOptions& options) {
   result.cls = options.regions ? scale_model_with_regions(graph, options.cls, result.regions)
                                : scale_model(graph, options.cls);
   if (options.absorb_high_bias) {
-    std::unordered_map<std::string, FoldedBnStats> stats;
-    for (const auto& pair : result.fold.folded)
-      if (pair.request.direction == FoldDirection::ConvThenBn) stats[pair.request.layer] = pair.bn_stats;
-    result.high_bias = absorb_high_bias(graph, result.cls.sets, stats, options.high_bias_sigmas);
+    result.high_bias = absorb_high_bias(graph, result.cls.sets, folded_bn_stats(result.fold), options.high_bias_sigmas);
   }
   if (options.bias_correction)
     result.bias_correction =

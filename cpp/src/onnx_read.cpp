@@ -874,6 +874,7 @@ std::string Reader::map_pool(const pb::NodeProto& n, Node& node) {
     if (!n.output(k).empty()) return "it also outputs indices";
   if (auto why = require_channels_on_axis1(n, n.input(0)); !why.empty()) return why;
   node.kind = OpKind::Pool;
+  node.pool_kind = n.op_type() == "MaxPool" || n.op_type() == "GlobalMaxPool" ? PoolKind::Max : PoolKind::Average;
   // An AveragePool that counts its padding averages in zeros at the borders (high-bias
   // absorption across it would be inexact there); MaxPool pads with −inf, which never wins.
   if (n.op_type() == "AveragePool" && attr_int(n, "count_include_pad", 0) != 0) {
@@ -979,6 +980,7 @@ std::string Reader::map_channel_node(const pb::NodeProto& n, Node& node) {
       if (a < 2) return "it reduces the batch or channel axis (or a negative axis of unknown rank)";
     }
     node.kind = OpKind::Pool;
+    node.pool_kind = PoolKind::Average;  // a mean over spatial axes
     const bool keep = attr_int(n, "keepdims", 1) != 0;
     keep_axis(n.output(0), xi.rank < 0 ? -1 : keep ? xi.rank : xi.rank - static_cast<int>(axes.size()));
     return {};

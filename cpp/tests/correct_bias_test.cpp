@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bn_sampling.h"
 #include "cls_models.h"
 #include "prequant/errors.h"
 #include "prequant/passes.h"
@@ -59,29 +60,16 @@ struct Sampled {
 };
 
 // Runs the model (one output pixel per sample: the input is as large as the kernel) with the
-// original and the quantized weight of `layer` on inputs drawn from the BN's own statistics.
-Sampled sample_shift(RefModel& m, const std::string& bn, const std::string& layer, FrameworkLayout fl,
-                     int64_t groups, const WeightQuantizer& q, int64_t samples) {
-  const auto& shape = m.input_shapes.at("x");
-  const auto mean = read_all(m.node(bn).mean), var = read_all(m.node(bn).var);
-  const double eps = m.node(bn).eps;
-  Tensor x;
-  x.shape = {samples};
-  x.shape.insert(x.shape.end(), shape.begin(), shape.end());
-  x.data.resize(static_cast<size_t>(x.numel()));
-  std::mt19937 rng(12345);
-  std::normal_distribution<double> n01(0.0, 1.0);
-  const int64_t c = shape[0], per_channel = x.numel() / samples / c;
-  for (int64_t s = 0; s < samples; ++s)
-    for (int64_t ch = 0; ch < c; ++ch)
-      for (int64_t k = 0; k < per_channel; ++k)
-        x.data[(s * c + ch) * per_channel + k] = mean[ch] + std::sqrt(var[ch] + eps) * n01(rng);
+// original and the quantized weight of `layer` on inputs drawn from the BNs' own statistics.
+Sampled sample_shift(RefModel& m, const std::map<std::string, std::string>& bn_of_input, const std::string& layer,
+                     FrameworkLayout fl, int64_t groups, const WeightQuantizer& q, int64_t samples) {
+  const auto x = draw_bn_inputs(m, bn_of_input, samples, 12345);
   const auto& w = m.node(layer).weight.tensor;
   const auto original = read_all(w);
-  const auto y = m.forward({x});
+  const auto y = m.forward(x);
   const auto wq = reference_quantized(fl, w, groups, q);
   for (size_t i = 0; i < wq.size(); ++i) write(w, static_cast<int64_t>(i), wq[i]);
-  const auto yq = m.forward({x});
+  const auto yq = m.forward(x);
   for (size_t i = 0; i < original.size(); ++i) write(w, static_cast<int64_t>(i), original[i]);
   const int64_t outs = y[0].shape[1], pixels = y[0].numel() / samples / outs;
   EXPECT_EQ(pixels, 1);
@@ -135,7 +123,7 @@ TEST_P(CorrectBiasSampled, MatchesSampledExpectation) {
   m.output(t);
   m.graph.reindex();
   const auto bias_before = read_all(m.node("layer").bias);
-  const auto sampled = sample_shift(m, "bn", "layer", fl, c.groups, c.quantizer, 40000);
+  const auto sampled = sample_shift(m, {{"x", "bn"}}, "layer", fl, c.groups, c.quantizer, 40000);
 
   const auto r = prequant::correct_bias(m.graph, {}, c.quantizer);
   ASSERT_EQ(r.corrected.size(), 1u) << (r.declined.empty() ? "" : r.declined[0].reason);
@@ -187,6 +175,112 @@ const Case kCases[] = {
 
 INSTANTIATE_TEST_SUITE_P(Layers, CorrectBiasSampled, ::testing::ValuesIn(kCases),
                          [](const auto& info) { return info.param.label; });
+
+// Through channel nodes: the layer's input statistics come from several BNs, through a residual
+// Add (Gaussian sum, then a clip: the summed variance matters), a Concat, a Split and an average
+// pool. The correction must equal E[(W_q − W)·x] sampled through the reference forward.
+enum class Topology { AddRelu6, AddStream, Concat, Split, AvgPool };
+
+std::string topology_name(Topology t) {
+  static const char* const names[] = {"add_relu6", "add_stream", "concat", "split", "avg_pool"};
+  return names[static_cast<int>(t)];
+}
+
+class CorrectBiasThroughChannelNodes : public ::testing::TestWithParam<Topology> {};
+
+TEST_P(CorrectBiasThroughChannelNodes, MatchesSampledExpectation) {
+  RefModel m(17);
+  const bool pooled = GetParam() == Topology::AvgPool;
+  const int64_t side = pooled ? 6 : 3;
+  const auto b1 = m.batch_norm("bn1", m.input("x1", {4, side, side}), 4);
+  const auto b2 = m.batch_norm("bn2", m.input("x2", {4, side, side}), 4);
+  std::string t;
+  int64_t in = 4;
+  switch (GetParam()) {
+    case Topology::AddRelu6: t = m.clip("relu6", m.add("add", {b1, b2}), 0.0, 6.0); break;
+    case Topology::AddStream: t = m.add("add", {b1, b2}); break;
+    case Topology::Concat: t = m.concat("cat", {m.relu("relu", b1), b2}), in = 8; break;
+    case Topology::Split: t = m.split("split", m.concat("cat", {m.relu("relu", b1), b2}), {{2, 6}})[0]; break;
+    case Topology::AvgPool: t = m.pool("avg", m.add("add", {m.relu("relu", b1), b2}), false); break;
+  }
+  m.output(m.conv("layer", t, conv_spec(in, 5, {3, 3})));
+  m.graph.reindex();
+  const WeightQuantizer q = quantizer(4, false, true);
+  const auto sampled = sample_shift(m, {{"x1", "bn1"}, {"x2", "bn2"}}, "layer", m.layout_of("layer"), 1, q, 40000);
+  const auto r = prequant::correct_bias(m.graph, {}, q);
+  ASSERT_EQ(r.corrected.size(), 1u) << (r.declined.empty() ? "" : r.declined[0].reason);
+  const auto& corr = r.corrected[0];
+  EXPECT_EQ(corr.statistics_from, "bn1, bn2");
+  int significant = 0;
+  for (int64_t o = 0; o < 5; ++o) {
+    EXPECT_NEAR(corr.correction[o], sampled.mean[o], 5 * sampled.se[o] + 1e-9) << "channel " << o;
+    significant += std::abs(sampled.mean[o]) > 5 * sampled.se[o];
+  }
+  EXPECT_GT(significant, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Nodes, CorrectBiasThroughChannelNodes,
+                         ::testing::Values(Topology::AddRelu6, Topology::AddStream, Topology::Concat, Topology::Split,
+                                           Topology::AvgPool),
+                         [](const auto& info) { return topology_name(info.param); });
+
+// The FP32 function changes by exactly −correction[o] at every output pixel of each corrected
+// layer (two layers reading one residual sum, padded convs), against the reference forward.
+TEST(CorrectBiasFp32, OutputMovesByMinusCorrection) {
+  RefModel m(23);
+  const auto b1 = m.batch_norm("bn1", m.input("x1", {4, 5, 5}), 4);
+  const auto b2 = m.batch_norm("bn2", m.input("x2", {4, 5, 5}), 4);
+  const auto r6 = m.clip("relu6", m.add("add", {b1, b2}), 0.0, 6.0);
+  m.output(m.conv("a", r6, conv_spec(4, 6, {3, 3}, {1, 1})));
+  m.output(m.conv("b", r6, conv_spec(4, 3, {1, 1})));
+  m.graph.reindex();
+  const auto xs = m.random_inputs(3, 4);
+  const auto before = m.forward(xs);
+  const auto r = prequant::correct_bias(m.graph, {});
+  ASSERT_EQ(r.corrected.size(), 2u);
+  const auto after = m.forward(xs);
+  for (size_t k = 0; k < 2; ++k) {
+    const auto& corr = r.corrected[k];
+    EXPECT_EQ(corr.layer, k == 0 ? "a" : "b");
+    EXPECT_EQ(corr.activations, (std::vector<std::string>{"add", "relu6"}));
+    const int64_t outs = before[k].shape[1], pixels = before[k].numel() / before[k].shape[0] / outs;
+    double largest = 0.0;
+    for (int64_t n = 0; n < before[k].shape[0]; ++n)
+      for (int64_t o = 0; o < outs; ++o)
+        for (int64_t p = 0; p < pixels; ++p) {
+          const size_t i = static_cast<size_t>((n * outs + o) * pixels + p);
+          EXPECT_NEAR(after[k].data[i] - before[k].data[i], -corr.correction[o], 1e-5) << corr.layer << " " << o;
+        }
+    for (double c : corr.correction) largest = std::max(largest, std::abs(c));
+    EXPECT_GT(largest, 1e-4) << "vacuous: nothing moved";
+  }
+}
+
+// Declines through channel nodes name the node that stops the statistics; nothing is written.
+TEST(CorrectBiasDeclines, ThroughChannelNodesWithReasons) {
+  RefModel m(3);
+  const auto b = m.batch_norm("bn", m.input("x", {4, 6, 6}), 4);
+  const auto r = m.relu("relu", b);
+  const auto mx = m.pool("maxpool", r, true);
+  const auto up = m.resize("up", mx);
+  m.output(m.conv("after_max", m.concat("cat", {m.pool("avg", r, false), mx}), conv_spec(8, 2, {1, 1})));
+  m.output(m.conv("after_relu_relu", m.relu("relu2", m.add("res", {r, b})), conv_spec(4, 2, {1, 1})));
+  m.output(m.conv("after_resize", up, conv_spec(4, 2, {1, 1})));
+  m.output(m.conv("after_res", m.add("res2", {r, b}), conv_spec(4, 2, {1, 1})));  // must not decline
+  m.graph.reindex();
+  const auto snap = GraphSnapshot::take(m.graph);
+  auto rr = prequant::correct_bias(m.graph, {});
+  auto reason = [&](const std::string& node) {
+    const auto* d = find_declined(rr.declined, node);
+    return d ? d->reason : std::string("(not declined)");
+  };
+  EXPECT_TRUE(contains(reason("after_max"), "max pooling 'maxpool'")) << reason("after_max");
+  EXPECT_TRUE(contains(reason("after_relu_relu"), "activation 'relu2'")) << reason("after_relu_relu");
+  EXPECT_TRUE(contains(reason("after_resize"), "max pooling 'maxpool'")) << reason("after_resize");
+  ASSERT_EQ(rr.corrected.size(), 1u);
+  EXPECT_EQ(rr.corrected[0].layer, "after_res");
+  (void)snap;
+}
 
 // The clipped-normal mean against sampling, including a negative mean and a narrow clip.
 TEST(ClippedNormalMean, MatchesSampling) {

@@ -406,7 +406,8 @@ std::string RefModel::pool(const std::string& name, const std::string& x, bool m
   NodeAttrs a;
   a.pool_max = max;
   attrs[name] = a;
-  graph.add(simple(name, OpKind::Pool, max ? "MaxPool" : "AveragePool", x));
+  graph.add(simple(name, OpKind::Pool, max ? "MaxPool" : "AveragePool", x)).pool_kind =
+      max ? prequant::PoolKind::Max : prequant::PoolKind::Average;
   return out_name(name);
 }
 
@@ -415,7 +416,7 @@ std::string RefModel::global_avg_pool(const std::string& name, const std::string
   a.pool_max = false;
   a.pool_global = true;
   attrs[name] = a;
-  graph.add(simple(name, OpKind::Pool, "GlobalAveragePool", x));
+  graph.add(simple(name, OpKind::Pool, "GlobalAveragePool", x)).pool_kind = prequant::PoolKind::Average;
   return out_name(name);
 }
 

@@ -423,7 +423,8 @@ void bind_graph(nb::module_& m) {
           "add_activation",
           [](PyGraph& self, const std::string& name, const std::string& kind, nb::handle inputs,
              nb::handle outputs, double clip_min, double clip_max, nb::handle clip_max_per_channel, double alpha,
-             nb::handle slope, const std::string& op_type, nb::handle names, bool has_padding) {
+             nb::handle slope, const std::string& op_type, nb::handle names, bool has_padding,
+             const std::string& pool_kind) {
             Node node;
             node.name = name;
             node.kind = activation_kind(kind, name);
@@ -440,6 +441,14 @@ void bind_graph(nb::module_& m) {
                                             "' is a " + kind + "); a zero pad is kind 'zero_pad'.",
                                         name);
             node.has_padding = has_padding;
+            if (!pool_kind.empty() && node.kind != OpKind::Pool)
+              throw InvalidRequestError("pool_kind is for a pool ('" + name + "' is a " + kind + ").", name);
+            if (pool_kind == "max") node.pool_kind = PoolKind::Max;
+            else if (pool_kind == "average") node.pool_kind = PoolKind::Average;
+            else if (!pool_kind.empty())
+              throw InvalidRequestError("pool_kind of '" + name + "' is '" + pool_kind +
+                                            "'; use 'max', 'average' (a spatial mean too) or '' (not said).",
+                                        name);
             std::vector<nb::ndarray<>> keep;
             if (!slope.is_none()) node.slope = take(slope, name, "slope", names, keep);
             if (node.kind == OpKind::PRelu && node.slope.empty())
@@ -448,12 +457,13 @@ void bind_graph(nb::module_& m) {
           },
           "name"_a, "kind"_a, "inputs"_a, "outputs"_a, "clip_min"_a = 0.0, "clip_max"_a = 6.0,
           "clip_max_per_channel"_a = nb::none(), "alpha"_a = 0.01, "slope"_a = nb::none(), "op_type"_a = "",
-          "names"_a = nb::none(), "has_padding"_a = false,
+          "names"_a = nb::none(), "has_padding"_a = false, "pool_kind"_a = "",
           "Adds an activation-like node: relu, clip (relu6 = clip 0..6), leaky_relu (alpha), prelu "
           "(slope array), identity, zero_pad, pool or opaque. A clip may carry a per-channel upper bound "
           "(clip_max_per_channel), as a ReLU6 bounded by an earlier scaling does. A pool has "
           "`has_padding=True` when padded zeros enter its output (an average pool counting its padding, "
-          "or one with a divisor override); max-pool padding (-inf) does not.")
+          "or one with a divisor override); max-pool padding (-inf) does not. A pool says `pool_kind='max'` "
+          "or 'average' (a spatial mean too); bias correction carries statistics through an average only.")
       .def(
           "add_gated_activation",
           [](PyGraph& self, const std::string& name, const std::string& gate, nb::handle inputs, nb::handle outputs,

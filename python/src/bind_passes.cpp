@@ -79,11 +79,7 @@ std::vector<ClsSetResult> cls_results_of(nb::handle sets) {
 
 std::unordered_map<std::string, FoldedBnStats> bn_stats_of(nb::handle stats) {
   std::unordered_map<std::string, FoldedBnStats> out;
-  if (nb::isinstance<FoldResult>(stats)) {
-    for (const auto& p : nb::cast<const FoldResult&>(stats).folded)
-      if (p.request.direction == FoldDirection::ConvThenBn) out[p.request.layer] = p.bn_stats;
-    return out;
-  }
+  if (nb::isinstance<FoldResult>(stats)) return folded_bn_stats(nb::cast<const FoldResult&>(stats));
   if (!nb::isinstance<nb::dict>(stats))
     throw InvalidRequestError("bn_stats must be a FoldResult or a dict {layer: (gamma, beta) or FoldedBnStats}, got " +
                               python_type_name(stats) + ".");
@@ -262,7 +258,8 @@ void bind_passes(nb::module_& m) {
         return run_without_gil(g, [&](Graph& graph) { return correct_bias(graph, stats, q); });
       },
       "graph"_a, "bn_stats"_a = nb::none(), "bits"_a = 8, "per_channel"_a = false, "symmetric"_a = true,
-      "Analytic bias correction (DFQ 4.2): b -= (Q(W) - W) E[x], E[x] from the BN before each layer (in the graph, "
+      "Analytic bias correction (DFQ 4.2): b -= (Q(W) - W) E[x], E[x] from the BNs before each layer carried "
+      "through activations, Adds, Concats, Splits, average pools and Resizes (BNs in the graph, "
       "or bn_stats: the FoldResult, or {layer: (gamma, beta) | FoldedBnStats} for BNs folded after layers, as "
       "their outputs are now). Changes the FP32 function on purpose.");
 

@@ -734,11 +734,35 @@ def test_bias_correction_moves_biases_by_the_engine_correction():
     bc = result.bias_correction
     assert bc.changes_fp32_output and "Bias correction" in result.explain()
     # dw and pw read a BN's statistics (folded into conv1 / dw) through ReLU6; conv4 reads pw's
-    # folded BN directly; fc sits behind pooling; conv1 reads the graph input.
-    assert {c.layer for c in bc.corrected} == {"dw", "pw", "conv4"}
-    assert {d.nodes[0] for d in bc.declined} == {"conv1", "fc"}
+    # folded BN directly; fc reads ReLU → global average pooling (mean kept); conv1 reads the graph input.
+    assert {c.layer for c in bc.corrected} == {"dw", "pw", "conv4", "fc"}
+    assert {d.nodes[0] for d in bc.declined} == {"conv1"}
     for c in bc.corrected:
         before = plain.get_layer(c.layer).bias.numpy()
         after = corrected.get_layer(c.layer).bias.numpy()
         np.testing.assert_allclose(after, before - np.asarray(c.correction), rtol=1e-5, atol=1e-6)
     assert rel_err(run(corrected, x), run(plain, x)) > 0  # the FP32 function changes on purpose
+
+
+def test_bias_correction_through_residual_add_and_declined_after_max_pooling():
+    """A residual Add of two BN outputs: E[a + b] = E[a] + E[b] feeds the conv after it; a Dense
+    behind max pooling is declined, naming the pool (max pooling raises the mean)."""
+    x = inp = keras.Input((10, 10, 4))
+    a = L.BatchNormalization(name="bn_a")(L.Conv2D(6, 3, padding="same", name="conv_a")(x))
+    b = L.BatchNormalization(name="bn_b")(L.Conv2D(6, 1, name="conv_b")(x))
+    s = L.Add(name="res")([a, b])
+    y = L.Conv2D(8, 3, padding="same", name="after_add")(s)
+    y = L.ReLU(name="relu")(L.BatchNormalization(name="bn_y")(y))
+    y = L.Dense(3, name="fc")(L.GlobalMaxPooling2D(name="gmp")(y))
+    model = randomize_batch_norms(keras.Model(inp, y))
+    plain = equalize_model(model)
+    corrected, result = equalize_model(model, return_result=True, bias_correction=True)
+    bc = result.bias_correction
+    by_layer = {c.layer: c for c in bc.corrected}
+    assert set(by_layer) == {"after_add"}, [(d.nodes, d.reason) for d in bc.declined]
+    assert set(by_layer["after_add"].statistics_from.split(", ")) == {"conv_a", "conv_b"}
+    reasons = {d.nodes[0]: d.reason for d in bc.declined}
+    assert "max pooling 'gmp'" in reasons["fc"], reasons
+    before, after = plain.get_layer("after_add").bias.numpy(), corrected.get_layer("after_add").bias.numpy()
+    np.testing.assert_allclose(after, before - np.asarray(by_layer["after_add"].correction), rtol=1e-5, atol=1e-6)
+    assert np.abs(np.asarray(by_layer["after_add"].correction)).max() > 0

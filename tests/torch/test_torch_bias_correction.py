@@ -101,3 +101,45 @@ def test_default_is_off_and_function_preserved():
     assert not result.bias_correction.corrected and not result.bias_correction.changes_fp32_output
     x = torch.randn(4, 4, 5, 5)
     torch.testing.assert_close(model(x), original(x), rtol=1e-4, atol=1e-5)
+
+
+def _randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g))
+                m.running_var.copy_(torch.empty(c).uniform_(1e-2, 10, generator=g))
+                m.weight.copy_(torch.randn(c, generator=g))  # negative γ included
+                m.bias.copy_(torch.randn(c, generator=g))
+    return model
+
+
+def test_mobilenet_v2_convs_after_residual_adds_are_corrected():
+    """torchvision's MobileNetV2: the expand conv of each block after a residual Add reads the sum
+    of two BN outputs (E[a + b] = E[a] + E[b]); the classifier reads ReLU6 → global average pool →
+    flatten. All are corrected now; only the stem (graph input) is declined."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    original = _randomize_batch_norms(torchvision.models.mobilenet_v2(weights=None, num_classes=10).eval())
+    plain = copy.deepcopy(original)
+    equalize_model(plain)
+    model = copy.deepcopy(original)
+    result = equalize_model(model, bias_correction=True)
+    bc = result.bias_correction
+    corrected = {c.layer: c for c in bc.corrected}
+    assert [d.nodes for d in bc.declined] == [["features.0.0"]], [(d.nodes, d.reason) for d in bc.declined]
+    assert "graph input" in bc.declined[0].reason
+    # Blocks 3, 5, 6, 8, 9, 10, 12, 13, 15, 16 end in a residual Add; the next block's expand conv reads it.
+    for block in (4, 6, 7, 9, 10, 11, 13, 14, 16, 17):
+        c = corrected[f"features.{block}.conv.0.0"]
+        assert len(c.statistics_from.split(", ")) >= 2, c.statistics_from  # the Add's two sources
+    assert "classifier.1" in corrected
+    assert len(corrected) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in original.modules()) - 1
+    modules, plain_modules = dict(model.named_modules()), dict(plain.named_modules())
+    for name, c in corrected.items():
+        before = plain_modules[name].bias.detach().double()
+        after = modules[name].bias.detach().double()
+        torch.testing.assert_close(after, before - torch.as_tensor(c.correction, dtype=torch.float64),
+                                   rtol=1e-5, atol=1e-6)

@@ -55,6 +55,10 @@ double gate_value(Gate gate, double z);
 
 const char* op_kind_name(OpKind kind);
 
+// What a Pool computes per window. Unknown: the front end did not say (bias correction then
+// declines to carry statistics through it; scaling does not care, both kinds are homogeneous).
+enum class PoolKind { Unknown, Max, Average };
+
 struct Node {
   std::string name;
   OpKind kind = OpKind::Opaque;
@@ -96,6 +100,9 @@ struct Node {
 
   // Split: one [begin, end) channel range per output (end may exceed the channel count: to the end)
   std::vector<int64_t> slice_begin, slice_end;
+
+  // Pool: max or average (a spatial mean is an average)
+  PoolKind pool_kind = PoolKind::Unknown;
 
   bool removed = false;              // set by passes that take the node out of the graph
 

@@ -115,6 +115,10 @@ HighBiasResult absorb_high_bias(Graph& graph, const std::vector<ClsSetResult>& s
 // are read directly.
 BiasCorrectionResult correct_bias(Graph& graph, const std::unordered_map<std::string, FoldedBnStats>& stats,
                                   const WeightQuantizer& quantizer = {});
+// The statistics of each BN folded after a layer, by layer: conv→BN folds only (a BN folded into the
+// layer after it, BN→conv, says nothing of that layer's output). High-bias absorption and bias
+// correction both start from this.
+std::unordered_map<std::string, FoldedBnStats> folded_bn_stats(const FoldResult& fold);
 // The statistics of each BN folded after a layer (conv→BN), carried through what equalization did
 // since: the layer's output channel c divided by its CLS scale s[c] (γ/s, β/s), and the bias
 // high-bias absorption moved out (β − c).

@@ -73,6 +73,10 @@ _POOL = (
     L.AdaptiveAveragePooling1D, L.AdaptiveAveragePooling2D, L.AdaptiveAveragePooling3D,
     L.AdaptiveMaxPooling1D, L.AdaptiveMaxPooling2D, L.AdaptiveMaxPooling3D,
 )
+_MAX_POOL = (
+    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
+    L.AdaptiveMaxPooling1D, L.AdaptiveMaxPooling2D, L.AdaptiveMaxPooling3D,
+)
 _IDENTITY = (
     L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D, L.AlphaDropout,
     L.GaussianDropout, L.GaussianNoise, L.Identity, L.ActivityRegularization,
@@ -470,7 +474,8 @@ def _translate(eg: EngineGraph, e: Entry) -> None:
         g.add_activation(e.name, "prelu", data_in, outs, slope=_param(eg, e.name, "slope", op.alpha),
                          op_type=op_type)
         return
-    g.add_activation(e.name, kind, data_in, outs, op_type=op_type)  # identity, zero_pad, pool
+    pool_kind = ("max" if isinstance(op, _MAX_POOL) else "average") if kind == "pool" else ""
+    g.add_activation(e.name, kind, data_in, outs, op_type=op_type, pool_kind=pool_kind)  # identity, zero_pad, pool
 
 
 def _add_depthwise(eg, name, op, kernel, bias, ins, outs, op_type):

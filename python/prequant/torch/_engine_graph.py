@@ -46,6 +46,7 @@ _POOL = (
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
 )
+_MAX_POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 _ZERO_PAD = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d)
 _CONST_PAD = (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.nn.functional.relu}
@@ -395,11 +396,12 @@ def _add_channel_node(g, node: torch.fx.Node, modules, splits: set) -> bool:
         dims = _arg(node, 1, "dim")
         dims = dims if isinstance(dims, (tuple, list)) else (dims,)
         if dims and all(isinstance(d, int) and d >= 2 for d in dims) and isinstance(node.args[0], torch.fx.Node):
-            g.add_activation(name, "pool", [node.args[0].name], outputs, op_type="mean")
+            g.add_activation(name, "pool", [node.args[0].name], outputs, op_type="mean", pool_kind="average")
             return True
         return False
     if is_fn and target in _ADAPTIVE_POOL_FUNCTIONS and isinstance(node.args[0], torch.fx.Node):
-        g.add_activation(name, "pool", [node.args[0].name], outputs, op_type=target.__name__)
+        g.add_activation(name, "pool", [node.args[0].name], outputs, op_type=target.__name__,
+                         pool_kind="max" if "max" in target.__name__ else "average")
         return True
     if is_fn and getattr(target, "__name__", "") == "stochastic_depth" and _arg(node, 3, "training", True) is False \
             and isinstance(node.args[0], torch.fx.Node):  # torchvision.ops: the identity in eval mode
@@ -457,7 +459,7 @@ def _add_prequant_channel_module(g, name, module, node, outputs) -> bool:
         dims = module.dim if isinstance(module.dim, tuple) else (module.dim,)
         if not dims or not all(isinstance(d, int) and d >= 2 for d in dims):
             return False
-        g.add_activation(name, "pool", names, outputs, op_type="Mean")
+        g.add_activation(name, "pool", names, outputs, op_type="Mean", pool_kind="average")
     elif type(module) is pm.Interpolate and len(args) == 1:
         g.add_activation(name, "resize", names, outputs, op_type="Interpolate")
     else:
@@ -525,7 +527,8 @@ def _add_module(g, name, module, node, inputs, outputs, calls, rank=None, module
     elif isinstance(module, _IDENTITY):
         g.add_activation(name, "identity", data_in, outputs, op_type=type_name)
     elif isinstance(module, _POOL):
-        g.add_activation(name, "pool", data_in, outputs, op_type=type_name, has_padding=_pool_counts_padding(module))
+        g.add_activation(name, "pool", data_in, outputs, op_type=type_name, has_padding=_pool_counts_padding(module),
+                         pool_kind="max" if isinstance(module, _MAX_POOL) else "average")
     elif _add_prequant_channel_module(g, name, module, node, outputs):
         pass  # prepare_model's Add / Concat / Mean / Interpolate modules
     elif isinstance(module, nn.Upsample):

@@ -215,7 +215,8 @@ def equalize_model(model: nn.Module, input_shapes=None, dummy_input=None, *, rel
     (docs/BENCHMARKS.md has the measurements).
 
     ``bias_correction=True`` adds analytic (data-free) bias correction, DFQ §4.2: each layer's
-    bias loses (Q(W) − W)·E[x], with E[x] from the batch norm before it, for the weight quantizer
+    bias loses (Q(W) − W)·E[x], with E[x] from the batch norms before it (carried through ReLU-like
+    activations, residual adds, concats, splits, average pooling and resizes), for the weight quantizer
     given by ``bias_correction_bits`` / ``_per_channel`` / ``_symmetric`` (match the quantizer
     you will use). It changes the FP32 output on purpose (``result.bias_correction``). AIMET's
     ``aimet_torch.bias_correction.correct_bias`` is the data-driven counterpart."""
