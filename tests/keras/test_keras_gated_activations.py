@@ -169,3 +169,32 @@ def test_tf_keras_model_goes_through_the_same_translation():
     assert isinstance(new, tf_keras.Model)
     assert sum(isinstance(layer, TFKerasGatedActivation) for layer in new.layers) == 2
     _assert_close(new.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_prepare_model_makes_gated_activations_of_keras_ops_in_a_subclassed_model():
+    """keras.ops.silu / hard_silu / gelu(approximate=False) inside call() become Activation
+    layers (the engine's gated nodes); gelu's tanh form stays a generated layer (opaque)."""
+    from prequant.keras import prepare_model
+
+    class Block(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = L.Conv2D(6, 3, padding="same"), L.Conv2D(6, 1)
+            self.c3, self.c4 = L.Conv2D(6, 1), L.Conv2D(4, 1)
+
+        def call(self, x):
+            x = keras.ops.silu(self.c1(x))
+            x = keras.ops.hard_silu(self.c2(x))
+            x = keras.ops.gelu(self.c3(x), approximate=False)
+            return self.c4(keras.ops.gelu(x, approximate=True))
+
+    model = Block()
+    x = _x((2, 8, 8, 3))
+    ref = model(x)
+    prepared = prepare_model(model, keras.Input((8, 8, 3)))
+    acts = [layer.activation.__name__ for layer in prepared.layers if type(layer) is L.Activation]
+    assert acts == ["silu", "hard_silu", "gelu"], acts
+    new, result = equalize_model(prepared, gated_activations=True, return_result=True)
+    names = [model.c1.name, model.c2.name, model.c3.name]
+    assert [s.layers for s in result.cls.sets] == [names[:2], names[1:]]  # c3 → c4: the tanh GELU is opaque
+    _assert_close(new(x), ref)
