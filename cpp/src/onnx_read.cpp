@@ -17,8 +17,9 @@
 //   constant pads, none on the batch or channel axis) -> ZeroPad,
 //   MaxPool / AveragePool / GlobalAveragePool / GlobalMaxPool, ReduceMean over spatial axes -> Pool
 //   (has_padding: an AveragePool with count_include_pad = 1 and pads or auto_pad SAME_*),
-//   Add / Sum of activations -> Add, Concat on axis 1 -> Concat, Split and Slice (step 1,
-//   constant non-negative starts) on axis 1 -> Split, Resize by constant scales of 1 on
+//   Add / Sum of activations -> Add, Concat on axis 1 -> Concat, Split (constant sizes, or
+//   equal parts — num_outputs or none — of the channel count in the model's shapes) and Slice
+//   (step 1, constant non-negative starts) on axis 1 -> Split, Resize by constant scales of 1 on
 //   axes 0 and 1 -> Resize, Flatten(axis 1) of a rank-2 or globally pooled tensor -> Identity,
 //   Mul(x, Sigmoid|HardSigmoid([Mul(x, s)])), HardSwish, Gelu, and GELU written with Erf
 //   (0.5·x·(1 + Erf(x/√2)), any grouping; Mul(x, s/√2) inside) -> GatedActivation.
@@ -193,6 +194,7 @@ class Reader {
   std::unordered_map<std::string, int> producer_;          // tensor -> ONNX node index
   std::unordered_map<std::string, int> use_count_;         // tensor -> reads (nodes, outputs)
   std::unordered_map<std::string, TensorInfo> info_;
+  std::unordered_map<std::string, int64_t> channels_;      // tensor -> dim 1, where its shape says
   std::unordered_map<std::string, int32_t> elem_type_;
   std::vector<std::vector<std::string>> implicit_;         // per ONNX node: outer-scope reads
   std::vector<int> fused_add_;                             // MatMul index -> Add index or -1
@@ -257,6 +259,8 @@ class Reader {
   std::string map_pool(const pb::NodeProto& n, Node& node);
   // Add/Sum, Concat, Split/Slice, ReduceMean, Resize, Flatten: the channel nodes of regions.
   std::string map_channel_node(const pb::NodeProto& n, Node& node);
+  std::string equal_split_sizes(const pb::NodeProto& n, const std::string& x,
+                                std::optional<std::vector<double>>& sizes) const;
   // Axis `a` (negative: from the end) of tensor x is its channel axis 1.
   bool is_channel_axis(int64_t a, const std::string& x) const;
   std::string require_channels_on_axis1(const pb::NodeProto& n, const std::string& x) const;
@@ -282,6 +286,8 @@ void Reader::index_graph() {
     const auto& tt = v.type().tensor_type();
     if (tt.has_elem_type()) elem_type_[v.name()] = tt.elem_type();
     if (tt.has_shape()) info_[v.name()].rank = tt.shape().dim_size();
+    if (tt.has_shape() && tt.shape().dim_size() >= 2 && tt.shape().dim(1).has_dim_value())
+      channels_[v.name()] = tt.shape().dim(1).dim_value();
   };
   for (const auto& v : g_.input()) note_type(v);
   for (const auto& v : g_.output()) note_type(v);
@@ -950,6 +956,32 @@ std::string Reader::map_pad(const pb::NodeProto& n, int idx, Node& node, Binding
   return {};
 }
 
+// A Split without split sizes cuts the channel count C (from x's shape) into equal parts: with
+// num_outputs (opset 18) each of ceil(C/n) channels, the last one smaller if need be; without it
+// (opset < 18) C/n each, which must divide.
+std::string Reader::equal_split_sizes(const pb::NodeProto& n, const std::string& x,
+                                      std::optional<std::vector<double>>& sizes) const {
+  const auto c = channels_.find(x);
+  if (c == channels_.end() || c->second < 1)
+    return "its split sizes are not given and the channel count of its input is not in the model's shapes "
+           "(run onnx.shape_inference.infer_shapes)";
+  const int64_t outputs = n.output_size();
+  const int64_t parts = attr_int(n, "num_outputs", outputs);
+  if (parts != outputs || parts < 1) return "its num_outputs differs from its output count";
+  const bool has_num_outputs = std::any_of(n.attribute().begin(), n.attribute().end(),
+                                           [](const pb::AttributeProto& a) { return a.name() == "num_outputs"; });
+  const int64_t channels = c->second;
+  if (!has_num_outputs && channels % parts != 0) return "its equal split does not divide the channel count";
+  const int64_t chunk = (channels + parts - 1) / parts;
+  sizes.emplace();
+  for (int64_t k = 0; k < parts; ++k) {
+    const int64_t size = std::min(channels, (k + 1) * chunk) - k * chunk;
+    if (size < 1) return "its equal split leaves an output without channels";
+    sizes->push_back(static_cast<double>(size));
+  }
+  return {};
+}
+
 std::string Reader::map_pool(const pb::NodeProto& n, Node& node) {
   if (n.input_size() != 1 || n.output_size() < 1) return "it does not have the form (X) -> Y";
   for (int k = 1; k < n.output_size(); ++k)
@@ -1010,8 +1042,13 @@ std::string Reader::map_channel_node(const pb::NodeProto& n, Node& node) {
     if (xi.axis == ChannelAxis::Last) return require_channels_on_axis1(n, x);
     if (op == "Split") {
       if (!is_channel_axis(attr_int(n, "axis", 0), x)) return "it does not split the channel axis 1";
-      if (n.input_size() < 2 || n.input(1).empty()) return "its split sizes are not given (num_outputs needs the channel count)";
-      const auto sizes = constant_values(n.input(1), "the split of '" + node.name + "'");
+      std::optional<std::vector<double>> sizes;
+      if (n.input_size() < 2 || n.input(1).empty()) {
+        const auto why = equal_split_sizes(n, x, sizes);
+        if (!why.empty()) return why;
+      } else {
+        sizes = constant_values(n.input(1), "the split of '" + node.name + "'");
+      }
       if (!sizes || sizes->size() != static_cast<size_t>(n.output_size())) return "its split sizes are not constants, one per output";
       int64_t begin = 0;
       for (double v : *sizes) {
