@@ -11,6 +11,10 @@ Keras == ONNX, so the three front ends agree (the two frameworks cannot share on
                         └─ c1·b1·relu ─ c2·b2 ─────────┘                └─ cb·bb·relu ─ concat ─ cc·bc·relu ─ gap ─ fc
 
 Layouts are PyTorch's (conv OIHW, linear (out, in)); 3×3 convs pad 1 (Keras 'same').
+
+The gated variant (``gated=True``; the tests run it with gated_activations=True) puts x·g(x)
+activations after c1 (SiLU), ca (HardSwish) and cc (GELU, erf) instead of ReLU: in ONNX
+Mul(x, Sigmoid(x)), HardSwish and 0.5·x·(1 + Erf(x/√2)) (torch.onnx's GELU below opset 20).
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ EPS = 1e-5
 # name: (in, out, kernel); every conv is followed by the BN named "b" + name[1:]
 CONVS = {"c0": (3, 8, 3), "c1": (8, 8, 3), "c2": (8, 8, 1), "ca": (8, 4, 1), "cb": (8, 4, 3), "cc": (8, 6, 1)}
 FC = (6, 5)
+GATED = {"c1": "silu", "ca": "hard_swish", "cc": "gelu"}  # the gated variant's activations
+
+
+def activation(conv: str, gated: bool) -> str:
+    """The activation after `conv`'s BN: 'relu', or in the gated variant GATED's."""
+    return GATED.get(conv, "relu") if gated else "relu"
 
 
 def bn_name(conv: str) -> str:
@@ -47,12 +57,30 @@ def weights(seed: int = 0) -> dict[str, np.ndarray]:
     return {k: v.astype(np.float32) for k, v in w.items()}
 
 
-def onnx_model(w: dict[str, np.ndarray]):
+def onnx_model(w: dict[str, np.ndarray], gated: bool = False):
     """The network as an ONNX model (opset 17), initializers named like ``weights()``."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     nodes = []
+    consts = {"sqrt2": np.sqrt(2.0), "one": 1.0, "half": 0.5}
+    extra = [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in consts.items()] if gated else []
+
+    def act(kind: str, x: str) -> str:
+        y = x + "_" + kind
+        if kind == "relu":
+            nodes.append(helper.make_node("Relu", [x], [y], name=y))
+        elif kind == "silu":
+            nodes.append(helper.make_node("Sigmoid", [x], [x + "_sig"], name=x + "_sig"))
+            nodes.append(helper.make_node("Mul", [x, x + "_sig"], [y], name=y))
+        elif kind == "hard_swish":
+            nodes.append(helper.make_node("HardSwish", [x], [y], name=y))
+        else:  # gelu, as torch.onnx writes it below opset 20
+            for op, ins, out in [("Div", [x, "sqrt2"], "_u"), ("Erf", [x + "_u"], "_erf"),
+                                 ("Add", [x + "_erf", "one"], "_a"), ("Mul", [x, x + "_a"], "_xa")]:
+                nodes.append(helper.make_node(op, ins, [x + out], name=x + out))
+            nodes.append(helper.make_node("Mul", [x + "_xa", "half"], [y], name=y))
+        return y
 
     def conv_bn_relu(name: str, x: str, relu: bool = True) -> str:
         k = CONVS[name][2]
@@ -62,10 +90,7 @@ def onnx_model(w: dict[str, np.ndarray]):
         nodes.append(helper.make_node("BatchNormalization",
                                       [name] + [f"{bn}.{p}" for p in ("weight", "bias", "running_mean", "running_var")],
                                       [bn], name=bn, epsilon=EPS))
-        if not relu:
-            return bn
-        nodes.append(helper.make_node("Relu", [bn], [bn + "_relu"], name=bn + "_relu"))
-        return bn + "_relu"
+        return act(activation(name, gated), bn) if relu else bn
 
     s = conv_bn_relu("c0", "x")
     r = conv_bn_relu("c2", conv_bn_relu("c1", s), relu=False)
@@ -79,7 +104,7 @@ def onnx_model(w: dict[str, np.ndarray]):
     graph = helper.make_graph(
         nodes, "parity", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(INPUT_SHAPE))],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [INPUT_SHAPE[0], FC[1]])],
-        [numpy_helper.from_array(v, k) for k, v in w.items()])
+        [numpy_helper.from_array(v, k) for k, v in w.items()] + extra)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
     return model
@@ -98,17 +123,19 @@ def cli() -> str:
     return path
 
 
-def equalize_onnx(tmp_path, w: dict[str, np.ndarray], extra_args=()) -> dict[str, np.ndarray]:
-    """Run `prequant equalize --regions` on ``onnx_model(w)``; returns every Conv and Gemm's
-    weight and bias after it, keyed like ``weights()`` ("c0.weight", "fc.bias"...)."""
+def equalize_onnx(tmp_path, w: dict[str, np.ndarray], extra_args=(), gated: bool = False) -> dict[str, np.ndarray]:
+    """Run `prequant equalize --regions` on ``onnx_model(w, gated)`` (gated: with
+    --gated-activations); returns every Conv and Gemm's weight and bias after it, keyed like
+    ``weights()`` ("c0.weight", "fc.bias"...)."""
     import subprocess
 
     import onnx
     from onnx import numpy_helper
 
     src, dst = tmp_path / "parity.onnx", tmp_path / "parity_eq.onnx"
-    onnx.save(onnx_model(w), str(src))
-    subprocess.run([cli(), "equalize", str(src), "-o", str(dst), "--regions", *extra_args],
+    onnx.save(onnx_model(w, gated), str(src))
+    gate_flag = ["--gated-activations"] if gated else []
+    subprocess.run([cli(), "equalize", str(src), "-o", str(dst), "--regions", *gate_flag, *extra_args],
                    check=True, capture_output=True)
     out = onnx.load(str(dst))
     inits = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
@@ -127,6 +154,12 @@ def assert_regions(result) -> None:
     regions = sorted((sorted(r.sources), sorted(r.sinks)) for r in result.regions.regions)
     assert regions == [(["c0", "c2"], ["c1", "ca", "cb"]), (["ca", "cb"], ["cc"])], \
         (regions, [d.reason for d in result.regions.declined])
+
+
+def assert_gates_scaled(result) -> None:
+    """The gated variant: all three x·g(x) activations were scaled through (by a set or a region)."""
+    edits = list(result.cls.activation_edits) + list(result.regions.activation_edits)
+    assert len({e.node for e in edits if e.kind == "gate_scaled"}) == 3, edits
 
 
 def assert_same_weights(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:

@@ -17,9 +17,12 @@
 //   constant pads, none on the batch or channel axis) -> ZeroPad,
 //   MaxPool / AveragePool / GlobalAveragePool / GlobalMaxPool, ReduceMean over spatial axes -> Pool
 //   (has_padding: an AveragePool with count_include_pad = 1 and pads or auto_pad SAME_*),
-//   Add / Sum of activations -> Add, Concat on axis 1 -> Concat, Split and Slice (step 1,
-//   constant non-negative starts) on axis 1 -> Split, Resize by constant scales of 1 on
-//   axes 0 and 1 -> Resize, Flatten(axis 1) of a rank-2 or globally pooled tensor -> Identity.
+//   Add / Sum of activations -> Add, Concat on axis 1 -> Concat, Split (constant sizes, or
+//   equal parts — num_outputs or none — of the channel count in the model's shapes) and Slice
+//   (step 1, constant non-negative starts) on axis 1 -> Split, Resize by constant scales of 1 on
+//   axes 0 and 1 -> Resize, Flatten(axis 1) of a rank-2 or globally pooled tensor -> Identity,
+//   Mul(x, Sigmoid|HardSigmoid([Mul(x, s)])), HardSwish, Gelu, and GELU written with Erf
+//   (0.5·x·(1 + Erf(x/√2)), any grouping; Mul(x, s/√2) inside) -> GatedActivation.
 // Channel axes: conv activations keep channels on axis 1, a MatMul on a rank > 2 tensor on the
 // last axis. The reader tracks which holds for each tensor and makes a node Opaque when the
 // two would meet (a BN after such a MatMul would normalize the wrong axis).
@@ -191,6 +194,7 @@ class Reader {
   std::unordered_map<std::string, int> producer_;          // tensor -> ONNX node index
   std::unordered_map<std::string, int> use_count_;         // tensor -> reads (nodes, outputs)
   std::unordered_map<std::string, TensorInfo> info_;
+  std::unordered_map<std::string, int64_t> channels_;      // tensor -> dim 1, where its shape says
   std::unordered_map<std::string, int32_t> elem_type_;
   std::vector<std::vector<std::string>> implicit_;         // per ONNX node: outer-scope reads
   std::vector<int> fused_add_;                             // MatMul index -> Add index or -1
@@ -237,6 +241,7 @@ class Reader {
   std::vector<int> topological_order() const;
   void find_matmul_add();
   void find_gated_activations();
+  bool match_gelu_erf(int mul, GateForm& form);
   std::string unique_name(const pb::NodeProto& n, int index);
   TensorView view_of(const std::string& init, const std::string& node, const char* role,
                      bool flatten = false);
@@ -254,6 +259,8 @@ class Reader {
   std::string map_pool(const pb::NodeProto& n, Node& node);
   // Add/Sum, Concat, Split/Slice, ReduceMean, Resize, Flatten: the channel nodes of regions.
   std::string map_channel_node(const pb::NodeProto& n, Node& node);
+  std::string equal_split_sizes(const pb::NodeProto& n, const std::string& x,
+                                std::optional<std::vector<double>>& sizes) const;
   // Axis `a` (negative: from the end) of tensor x is its channel axis 1.
   bool is_channel_axis(int64_t a, const std::string& x) const;
   std::string require_channels_on_axis1(const pb::NodeProto& n, const std::string& x) const;
@@ -279,6 +286,8 @@ void Reader::index_graph() {
     const auto& tt = v.type().tensor_type();
     if (tt.has_elem_type()) elem_type_[v.name()] = tt.elem_type();
     if (tt.has_shape()) info_[v.name()].rank = tt.shape().dim_size();
+    if (tt.has_shape() && tt.shape().dim_size() >= 2 && tt.shape().dim(1).has_dim_value())
+      channels_[v.name()] = tt.shape().dim(1).dim_value();
   };
   for (const auto& v : g_.input()) note_type(v);
   for (const auto& v : g_.output()) note_type(v);
@@ -390,7 +399,8 @@ bool is_float_initializer_2d(const pb::TensorProto* t) {
 }
 
 // x·g(x) written as Mul(x, G(x)) or Mul(x, G(Mul(x, s))) with G = Sigmoid (SiLU) or HardSigmoid
-// (alpha 1/6, beta 1/2: HardSwish) and s a constant: one GatedActivation, owned by the outer Mul.
+// (alpha 1/6, beta 1/2: HardSwish) and s a constant, or GELU written with Erf (match_gelu_erf):
+// one GatedActivation, owned by the outer Mul.
 void Reader::find_gated_activations() {
   const int n = g_.node_size();
   auto plain = [&](int i, const char* op, int inputs) {
@@ -405,6 +415,11 @@ void Reader::find_gated_activations() {
   for (int i = 0; i < n; ++i) {
     if (!plain(i, "Mul", 2)) continue;
     const auto& m = g_.node(i);
+    if (GateForm gelu; match_gelu_erf(i, gelu)) {
+      for (int part : gelu.parts) absorbed_[static_cast<size_t>(part)] = true;
+      gate_of_[i] = std::move(gelu);
+      continue;
+    }
     for (int k = 0; k < 2; ++k) {
       const std::string& x = m.input(k);
       const std::string& gt = m.input(1 - k);
@@ -439,6 +454,79 @@ void Reader::find_gated_activations() {
       break;
     }
   }
+}
+
+// GELU (erf) as torch.onnx (opset < 20) and most exporters write it, 0.5·x·(1 + Erf(x/√2)):
+// `mul` is the last of two Muls whose three factors are x, Add(Erf(u), 1) and the constant 0.5,
+// in any order and grouping, with u = Div(x, √2) or Mul(x, c). c = k/√2 is x·Φ(k·x): k = 1 is
+// plain GELU, a per-channel k (the writer's scaled form) its gate scale. Every tensor between is
+// read once, so the nodes become one GatedActivation owned by `mul`.
+bool Reader::match_gelu_erf(int mul, GateForm& form) {
+  auto op_at = [&](const std::string& t, const char* op, int inputs) -> const pb::NodeProto* {
+    const auto p = producer_.find(t);
+    const auto u = use_count_.find(t);
+    if (p == producer_.end() || u == use_count_.end() || u->second != 1) return nullptr;
+    const int i = p->second;
+    const auto& m = g_.node(i);
+    const bool ok = default_domain(m) && m.op_type() == op && m.input_size() == inputs && m.output_size() == 1 &&
+                    implicit_[static_cast<size_t>(i)].empty() && !absorbed_[static_cast<size_t>(i)];
+    return ok ? &m : nullptr;
+  };
+  auto index_of = [&](const std::string& t) { return producer_.at(t); };
+  auto scalar = [&](const std::string& t, double want) {
+    const auto v = is_initializer(t) || constant_node_.count(t) || identity_of_.count(t)
+                       ? constant_values(t, "a constant of GELU '" + g_.node(mul).name() + "'")
+                       : std::nullopt;
+    return v && v->size() == 1 && std::abs((*v)[0] - want) <= 1e-6 * std::abs(want);
+  };
+  // The three factors: the outer Mul's two inputs, one of them expanded if it is a Mul read once.
+  const auto& outer = g_.node(mul);
+  std::vector<std::string> factors;
+  int inner = -1;
+  for (int k = 0; k < 2 && inner < 0; ++k)
+    if (const auto* m = op_at(outer.input(k), "Mul", 2)) {
+      inner = index_of(outer.input(k));
+      factors = {outer.input(1 - k), m->input(0), m->input(1)};
+    }
+  if (inner < 0) return false;
+  int half = -1, gate = -1;
+  for (int k = 0; k < 3; ++k) {
+    if (scalar(factors[static_cast<size_t>(k)], 0.5)) half = k;
+    else if (op_at(factors[static_cast<size_t>(k)], "Add", 2)) gate = k;
+  }
+  if (half < 0 || gate < 0) return false;
+  const std::string x = factors[static_cast<size_t>(3 - half - gate)];
+  if (x.empty() || is_initializer(x)) return false;
+  // Add(Erf(u), 1), either order
+  const std::string& a = factors[static_cast<size_t>(gate)];
+  const auto& add = g_.node(index_of(a));
+  const int ek = op_at(add.input(0), "Erf", 1) ? 0 : op_at(add.input(1), "Erf", 1) ? 1 : -1;
+  if (ek < 0 || !scalar(add.input(1 - ek), 1.0)) return false;
+  const std::string& e = add.input(ek);
+  const std::string& u = g_.node(index_of(e)).input(0);
+  const auto* div = op_at(u, "Div", 2);
+  const auto* scale_mul = div ? nullptr : op_at(u, "Mul", 2);
+  std::vector<double> k;
+  if (div && div->input(0) == x) {
+    const auto d = constant_values(div->input(1), "the divisor of GELU '" + outer.name() + "'");
+    if (!d || d->empty()) return false;
+    for (double v : *d) k.push_back(std::sqrt(2.0) / v);
+  } else if (scale_mul && (scale_mul->input(0) == x || scale_mul->input(1) == x)) {
+    const int xk = scale_mul->input(0) == x ? 0 : 1;
+    const auto c = constant_values(scale_mul->input(1 - xk), "the gate scale of GELU '" + outer.name() + "'");
+    if (!c || c->empty()) return false;
+    for (double v : *c) k.push_back(std::sqrt(2.0) * v);
+  } else {
+    return false;
+  }
+  if (std::any_of(k.begin(), k.end(), [](double v) { return !(v > 0) || !std::isfinite(v); })) return false;
+  const bool unit = std::all_of(k.begin(), k.end(), [](double v) { return std::abs(v - 1.0) <= 1e-6; });
+  if (!unit && k.size() == 1) return false;  // x·Φ(k·x) with one k ≠ 1: not a GELU of the model's making
+  form.gate = Gate::GeluErf;
+  form.x = x;
+  form.scale = unit ? std::vector<double>{} : k;
+  form.parts = {index_of(e), index_of(a), index_of(u), inner};
+  return true;
 }
 
 void Reader::find_matmul_add() {
@@ -868,6 +956,32 @@ std::string Reader::map_pad(const pb::NodeProto& n, int idx, Node& node, Binding
   return {};
 }
 
+// A Split without split sizes cuts the channel count C (from x's shape) into equal parts: with
+// num_outputs (opset 18) each of ceil(C/n) channels, the last one smaller if need be; without it
+// (opset < 18) C/n each, which must divide.
+std::string Reader::equal_split_sizes(const pb::NodeProto& n, const std::string& x,
+                                      std::optional<std::vector<double>>& sizes) const {
+  const auto c = channels_.find(x);
+  if (c == channels_.end() || c->second < 1)
+    return "its split sizes are not given and the channel count of its input is not in the model's shapes "
+           "(run onnx.shape_inference.infer_shapes)";
+  const int64_t outputs = n.output_size();
+  const int64_t parts = attr_int(n, "num_outputs", outputs);
+  if (parts != outputs || parts < 1) return "its num_outputs differs from its output count";
+  const bool has_num_outputs = std::any_of(n.attribute().begin(), n.attribute().end(),
+                                           [](const pb::AttributeProto& a) { return a.name() == "num_outputs"; });
+  const int64_t channels = c->second;
+  if (!has_num_outputs && channels % parts != 0) return "its equal split does not divide the channel count";
+  const int64_t chunk = (channels + parts - 1) / parts;
+  sizes.emplace();
+  for (int64_t k = 0; k < parts; ++k) {
+    const int64_t size = std::min(channels, (k + 1) * chunk) - k * chunk;
+    if (size < 1) return "its equal split leaves an output without channels";
+    sizes->push_back(static_cast<double>(size));
+  }
+  return {};
+}
+
 std::string Reader::map_pool(const pb::NodeProto& n, Node& node) {
   if (n.input_size() != 1 || n.output_size() < 1) return "it does not have the form (X) -> Y";
   for (int k = 1; k < n.output_size(); ++k)
@@ -929,8 +1043,13 @@ std::string Reader::map_channel_node(const pb::NodeProto& n, Node& node) {
     if (xi.axis == ChannelAxis::Last) return require_channels_on_axis1(n, x);
     if (op == "Split") {
       if (!is_channel_axis(attr_int(n, "axis", 0), x)) return "it does not split the channel axis 1";
-      if (n.input_size() < 2 || n.input(1).empty()) return "its split sizes are not given (num_outputs needs the channel count)";
-      const auto sizes = constant_values(n.input(1), "the split of '" + node.name + "'");
+      std::optional<std::vector<double>> sizes;
+      if (n.input_size() < 2 || n.input(1).empty()) {
+        const auto why = equal_split_sizes(n, x, sizes);
+        if (!why.empty()) return why;
+      } else {
+        sizes = constant_values(n.input(1), "the split of '" + node.name + "'");
+      }
       if (!sizes || sizes->size() != static_cast<size_t>(n.output_size())) return "its split sizes are not constants, one per output";
       int64_t begin = 0;
       for (double v : *sizes) {

@@ -63,11 +63,12 @@ def test_equalized_model_keeps_onnxruntime_output(gelu):
     assert ops["HardSwish"] == 0 and ops["HardSigmoid"] == 1 and ops["Sigmoid"] == 2
     if gelu:
         assert ops["Erf"] == 1 and ops["Gelu"] == 1
-    # Written back with the gate scales, read back as gated activations (the SiLU and HardSwish
-    # forms; the GELU Erf form is not read back): a second pass scales through them again.
+    # Written back with the gate scales, read back as gated activations (the SiLU, HardSwish and
+    # GELU Erf forms; Gelu(s·x, tanh)·(1/s) is not read back): a second pass scales through them again.
     again, result2 = pqo.equalize_model(out, gated_activations=True)
-    assert sum(e.kind == "gate_scaled" for e in result2.cls.activation_edits) == 3
-    assert len(result2.cls.sets) == 3  # gelu: conv3 → conv4 only, the Erf GELU after conv4 is opaque
+    assert sum(e.kind == "gate_scaled" for e in result2.cls.activation_edits) == (4 if gelu else 3)
+    # gelu: conv3 → conv4 → conv5 through the Erf GELU; the Gelu(tanh)·(1/s) before the head is opaque
+    assert len(result2.cls.sets) == 3
     assert max_rel_err(ref, run_ort(again, feeds)) < 1e-5
 
 

@@ -1,5 +1,6 @@
 """PyTorch and ONNX front ends agree on a network with a residual Add, fan-out and a Concat:
-the same weights in (tests/parity_net.py), the same equalized weights out (1e-5), regions on.
+the same weights in (tests/parity_net.py), the same equalized weights out (1e-5), regions on; and
+the gated variant (SiLU, HardSwish, GELU between scaled layers) with gated_activations=True.
 The Keras half is tests/keras/test_keras_parity_regions.py."""
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import parity_net  # noqa: E402
 
 
 class ParityNet(nn.Module):
-    def __init__(self, w: dict[str, np.ndarray]):
+    def __init__(self, w: dict[str, np.ndarray], gated: bool = False):
         super().__init__()
+        modules = {"relu": nn.ReLU, "silu": nn.SiLU, "hard_swish": nn.Hardswish, "gelu": nn.GELU}
+        self.acts = nn.ModuleDict({name: modules[parity_net.activation(name, gated)]() for name in parity_net.CONVS})
         for name, (cin, cout, k) in parity_net.CONVS.items():
             setattr(self, name, nn.Conv2d(cin, cout, k, padding=k // 2))
             setattr(self, parity_net.bn_name(name), nn.BatchNorm2d(cout, eps=parity_net.EPS))
@@ -31,7 +34,7 @@ class ParityNet(nn.Module):
 
     def block(self, name: str, x, relu: bool = True):
         y = getattr(self, parity_net.bn_name(name))(getattr(self, name)(x))
-        return F.relu(y) if relu else y
+        return self.acts[name](y) if relu else y
 
     def forward(self, x):
         s = self.block("c0", x)
@@ -40,14 +43,15 @@ class ParityNet(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
-@pytest.mark.parametrize("high_bias", [False, True])
-def test_torch_and_onnx_equalize_the_same_regions(tmp_path, high_bias):
+@pytest.mark.parametrize("high_bias,gated", [(False, False), (True, False), (False, True)],
+                         ids=["exact", "high_bias", "gated"])
+def test_torch_and_onnx_equalize_the_same_regions(tmp_path, high_bias, gated):
     w = parity_net.weights(seed=3)
-    model = ParityNet(w)
+    model = ParityNet(w, gated)
     x = torch.randn(parity_net.INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = model(x)
-    result = equalize_model(model, regions=True, absorb_high_bias=high_bias)
+    result = equalize_model(model, regions=True, absorb_high_bias=high_bias, gated_activations=gated)
     parity_net.assert_regions(result)
     if not high_bias:
         with torch.no_grad():
@@ -55,5 +59,7 @@ def test_torch_and_onnx_equalize_the_same_regions(tmp_path, high_bias):
         assert float((out - ref).abs().max() / ref.abs().max()) < 1e-5
     got = {f"{n}.{p}": getattr(model, n).get_parameter(p).detach().numpy()
            for n in [*parity_net.CONVS, "fc"] for p in ("weight", "bias")}
-    want = parity_net.equalize_onnx(tmp_path, w, ["--high-bias"] if high_bias else [])
+    if gated:
+        parity_net.assert_gates_scaled(result)
+    want = parity_net.equalize_onnx(tmp_path, w, ["--high-bias"] if high_bias else [], gated=gated)
     parity_net.assert_same_weights(got, want)

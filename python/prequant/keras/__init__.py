@@ -3,7 +3,7 @@
 Before: a model prequant made, saved as .keras, loaded only where the module defining its
         layers happened to be imported ("Could not locate class 'BoundedReLU'").
 After:  importing ``prequant.keras`` registers with Keras every layer class prequant puts into a
-        model (BoundedReLU, KerasOpLayer, TFFunctionLayer, ConstantLayer), so
+        model (BoundedReLU, GatedActivation, KerasOpLayer, TFFunctionLayer, ConstantLayer), so
         ``keras.models.load_model`` loads prepared and equalized models in any process that
         imported it (``load_prepared_model`` does so itself). This imports Keras; the front
         end's functions themselves are imported on first use. (``import prequant`` alone imports
@@ -27,6 +27,8 @@ model and return a tf_keras model, for tfmot):
     CrossLayerScaling, HighBiasFold, ClsSetInfo, ClsSetLayerPairInfo
     BoundedReLU: the per-channel bounded ReLU that replaces a ReLU6 after scaling
     TFKerasBoundedReLU: its tf_keras twin (in equalized tf_keras models)
+    GatedActivation: x·g(s[c]·x), a SiLU / HardSwish / GELU after scaling through it
+    TFKerasGatedActivation: its tf_keras twin
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ _LAZY_EXPORTS = {
     "ClsSetLayerPairInfo": ".cross_layer_equalization",
     "BoundedReLU": ".activations",
     "TFKerasBoundedReLU": "._tf_keras_bridge",  # imports tf_keras: only on first use
+    "GatedActivation": ".activations",
+    "TFKerasGatedActivation": "._tf_keras_bridge",
 }
 
 __all__ = sorted(_LAZY_EXPORTS)

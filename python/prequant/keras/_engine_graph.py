@@ -15,7 +15,8 @@ After:  an ``EngineGraph``: a ``_core.Graph`` whose parameters are writable NumP
           are gone, layers the engine changed are new layers holding the engine's arrays,
           every SeparableConv is a DepthwiseConv + 1×1 Conv, every fused activation
           (``Conv2D(..., activation='relu')``) is a layer of its own, ReLU6s the engine
-          replaced are ``ReLU`` and ReLU6s it bounded are ``BoundedReLU``. Layers the engine
+          replaced are ``ReLU``, ReLU6s it bounded are ``BoundedReLU`` and x·g(x) activations
+          it scaled through are ``GatedActivation``. Layers the engine
           never writes (pooling, add, opaque custom layers, batch norms that stay) are reused,
           so the new model shares them (and their weights) with the original.
 
@@ -32,6 +33,8 @@ else, so it is opaque):
     Activation              relu / relu6 (clip 0..6) / leaky_relu / linear (identity)
     LeakyReLU, PReLU        leaky_relu (negative_slope), prelu (alpha, any shape)
     BoundedReLU (prequant)  clip with per-channel upper bounds
+    Activation swish/silu, hard_swish/hard_silu, gelu (erf; a functools.partial with
+    approximate=True: tanh), GatedActivation (prequant)      gated: x·g(s[c]·x)
     ZeroPadding1D/2D/3D     zero_pad
     pooling (max, average, global, adaptive; channels_last)    pool
     Dropout & co., Identity, GaussianNoise, ActivityRegularization: identity (inference)
@@ -45,6 +48,7 @@ The front end decides nothing about folding or scaling: it only says what each n
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -55,7 +59,7 @@ from keras import tree
 
 from prequant import _core
 from prequant.keras._tf_keras import is_tf_keras_object, tf_keras_message
-from prequant.keras.activations import BoundedReLU
+from prequant.keras.activations import BoundedReLU, GatedActivation
 
 L = keras.layers
 
@@ -212,7 +216,27 @@ def _activation_kind(fn) -> tuple[str, dict]:
         return "clip", {"clip_min": 0.0, "clip_max": 6.0}
     if fn is acts.leaky_relu:  # keras.activations.leaky_relu's default slope
         return "leaky_relu", {"alpha": 0.2}
+    gate = _gate_of(fn)
+    if gate is not None:
+        return "gated", {"gate": gate}
     return "opaque", {}
+
+
+def _gate_of(fn) -> str | None:
+    """The engine gate of an x·g(x) activation function (swish/silu, hard_swish/hard_silu, gelu
+    and functools.partial(gelu, approximate=...)), else None."""
+    acts = keras.activations
+    if fn is acts.silu:  # also keras.activations.swish
+        return "sigmoid"
+    if fn is acts.hard_silu:  # also keras.activations.hard_swish
+        return "hard_sigmoid"
+    approximate = False
+    if isinstance(fn, functools.partial) and fn.func is acts.gelu and not fn.args and \
+            set(fn.keywords) <= {"approximate"}:
+        approximate, fn = bool(fn.keywords.get("approximate", False)), fn.func
+    if fn is acts.gelu:
+        return "gelu_tanh" if approximate else "gelu_erf"
+    return None
 
 
 def _activation_name(fn) -> str:
@@ -235,8 +259,9 @@ def _classify(op, node, calls: int) -> tuple[str, str]:
     if isinstance(op, keras.Model):
         return "opaque", f"nested model {cls_name} '{op.name}' (run prequant.keras.prepare_model to flatten it)"
     n_inputs = len(node.input_tensors)
-    if cls in _WEIGHTED + (L.BatchNormalization, BoundedReLU) or (
-            cls in (L.ReLU, L.Activation) and _is_relu6_like(op)):
+    if cls in _WEIGHTED + (L.BatchNormalization, BoundedReLU, GatedActivation) or (
+            cls in (L.ReLU, L.Activation) and _is_relu6_like(op)) or (
+            cls is L.Activation and _gate_of(op.activation) is not None):
         if calls > 1:
             return "opaque", f"{cls_name} called at {calls} places ({_UNROLL_FIX})"
     if cls in _WEIGHTED:
@@ -280,6 +305,8 @@ def _classify(op, node, calls: int) -> tuple[str, str]:
         return "batch_norm", ""
     if cls is BoundedReLU:
         return "bounded", ""
+    if cls is GatedActivation:
+        return "gated", ""
     if cls is L.ReLU:
         if op.negative_slope or op.threshold:
             return "opaque", f"ReLU(negative_slope={op.negative_slope}, threshold={op.threshold})"
@@ -466,6 +493,13 @@ def _translate(eg: EngineGraph, e: Entry) -> None:
             _, args = _activation_kind(op.activation)
         _add_activation(eg, e.name, kind, args, data_in, outs, op_type=op_type)
         return
+    if kind == "gated":
+        if type(op) is GatedActivation:
+            g.add_gated_activation(e.name, op.gate, data_in, outs,
+                                   gate_scale=np.asarray(op.gate_scale.numpy(), "float64").tolist(), op_type=op_type)
+        else:
+            _add_activation(eg, e.name, kind, _activation_kind(op.activation)[1], data_in, outs, op_type=op_type)
+        return
     if kind == "leaky_relu":
         alpha = float(op.negative_slope) if type(op) is L.LeakyReLU else 0.2
         g.add_activation(e.name, "leaky_relu", data_in, outs, alpha=alpha, op_type=op_type)
@@ -491,18 +525,23 @@ def _add_depthwise(eg, name, op, kernel, bias, ins, outs, op_type):
 def _add_activation(eg, name, kind, args, ins, outs, op_type, reason=None):
     if kind == "opaque":
         eg.graph.add_opaque(name, reason or op_type, ins, outs)
+    elif kind == "gated":
+        eg.graph.add_gated_activation(name, args["gate"], ins, outs, op_type=op_type)
     else:
         eg.graph.add_activation(name, kind, ins, outs, op_type=op_type, **args)
 
 
 # ---- applying the engine's edits in place ----------------------------------------------------
 
+_EDIT_WHAT = {"replaced_with_relu": "relu", "bounded_per_channel": "bounded", "gate_scaled": "gated"}
+
+
 def _edit_map(edits) -> dict[str, tuple[str, np.ndarray]]:
-    """{engine activation node: ('relu' | 'bounded', upper bounds)}; later edits win."""
+    """{engine activation node: ('relu' | 'bounded' | 'gated', upper bounds)}; later edits win.
+    Final bounds and gate scales are read from the engine graph (later passes move them)."""
     out = {}
     for edit in edits:
-        out[edit.node] = ("relu" if edit.kind == "replaced_with_relu" else "bounded",
-                          np.asarray(edit.upper_bound, dtype="float64"))
+        out[edit.node] = (_EDIT_WHAT[edit.kind], np.asarray(edit.upper_bound, dtype="float64"))
     return out
 
 
@@ -526,13 +565,16 @@ def apply_in_place(eg: EngineGraph, *, edits=(), bias_added=(), bounds_changed: 
             if node_name == e.act or (e.kind == "clip" and type(e.op) in (L.ReLU, L.Activation)):
                 plan.append(("relu", e, node_name))
                 continue
-        elif e.kind == "bounded":
+        elif what == "bounded" and e.kind == "bounded":
             plan.append(("bounds", e, node_name))
             continue
+        elif what == "gated" and type(e.op) is GatedActivation and node_name == e.name:
+            plan.append(("gate", e, node_name))
+            continue
         where = f"fused activation of '{e.op.name}'" if node_name == e.act else f"'{e.op.name}'"
+        new = {"relu": "ReLU", "bounded": "a per-channel BoundedReLU", "gated": "a GatedActivation"}[what]
         raise PrequantKerasError(
-            f"the engine's ReLU6 policy would turn {where} ({type(e.op).__name__}) into "
-            f"{'ReLU' if what == 'relu' else 'a per-channel BoundedReLU'}, which needs a new layer "
+            f"the engine would turn {where} ({type(e.op).__name__}) into {new}, which needs a new layer "
             f"that cannot be put into a built model in place. Use equalize_model (it returns a new "
             f"model with BoundedReLU layers), or relu6='replace' / 'skip', or "
             f"replace_relu6_with_relu(model) first")
@@ -559,6 +601,8 @@ def apply_in_place(eg: EngineGraph, *, edits=(), bias_added=(), bounds_changed: 
                 e.op.activation = keras.activations.relu
         elif what == "bounds":
             _assign_bounds(e.op, eg.graph.node(node_name))
+        elif what == "gate":
+            e.op.gate_scale.assign(np.asarray(eg.graph.node(node_name).gate_scale, "float32"))
         else:
             add_bias_variable(e.op, eg.graph.added_bias(node_name))
     if bounds_changed:
@@ -648,7 +692,7 @@ def build_model(eg: EngineGraph, *, removed=(), bias_added=(), edits=()):
         if e.kind == "batch_norm" and e.name in removed:
             values[id(outs[0])] = values[id(node.input_tensors[0])]
             continue
-        if e.kind in ("clip", "relu", "bounded") and (e.name in edit_map or e.kind == "bounded"):
+        if e.kind in ("clip", "relu", "bounded", "gated") and (e.name in edit_map or e.kind in ("bounded", "gated")):
             values[id(outs[0])] = _activation_layer(eg, e, e.name, edit_map)(values[id(node.input_tensors[0])])
             continue
         args, kwargs = node.arguments.fill_in(values)
@@ -670,12 +714,25 @@ def _activation_layer(eg: EngineGraph, e: Entry, node_name: str, edit_map):
     dtype = e.op.dtype_policy
     if edit is not None and edit[0] == "relu":
         return L.ReLU(name=layer_name, dtype=dtype)
+    if (edit is not None and edit[0] == "gated") or (node_name == e.name and e.kind == "gated" and
+                                                     type(e.op) is GatedActivation):
+        node = eg.graph.node(node_name)  # the final scales (later rounds moved them)
+        scale = np.asarray(node.gate_scale, "float64")
+        return GatedActivation(node.gate, scale if scale.size else np.ones(_channels(e, node_name)),
+                               name=layer_name, dtype=dtype)
+    if node_name == e.name and e.kind == "gated":
+        return e.op  # an unscaled Activation('swish') & co.: reused as it is
     if edit is not None or (node_name == e.name and e.kind == "bounded"):
         node = eg.graph.node(node_name)
         bounds = np.asarray(node.clip_max_per_channel, "float64")
         top = None if np.isinf(node.clip_max) else float(node.clip_max)
         return BoundedReLU(bounds, max_value=top, name=layer_name, dtype=dtype)
     return L.Activation(e.op.activation, name=layer_name, dtype=dtype)  # a fused activation
+
+
+def _channels(e: Entry, node_name: str) -> int:
+    """Channels (last axis) of the tensor activation node `node_name` of `e` writes."""
+    return int(tree.flatten(e.node.outputs)[0].shape[-1])
 
 
 def _call_holding(layer, x, kernel: np.ndarray, bias):

@@ -53,6 +53,10 @@ def _activation_layer(op, dtype, name):
         return keras.layers.Activation("tanh", dtype=dtype, name=name)
     if kind is ops_nn.Silu:
         return keras.layers.Activation("silu", dtype=dtype, name=name)
+    if kind is ops_nn.HardSilu:
+        return keras.layers.Activation("hard_silu", dtype=dtype, name=name)
+    if kind is ops_nn.Gelu and not op.approximate:  # no activation name for the tanh form
+        return keras.layers.Activation("gelu", dtype=dtype, name=name)
     return None
 
 

@@ -10,7 +10,7 @@ After:  the same graph in the other framework: one new layer per layer, made by 
 
 Preconditions: every layer is a built-in layer both frameworks have under the same class name
 (Conv*, Dense, DepthwiseConv*, BatchNormalization, ReLU, Add, Concatenate, pooling...), or a
-BoundedReLU (prequant's; this module defines its tf_keras twin). A config option one framework
+BoundedReLU or GatedActivation (prequant's; this module defines their tf_keras twins). A config option one framework
 has and the other lacks is dropped only when it holds its neutral value (None, False, 0, 1, empty)
 or acts in training only (an initializer, regularizer or constraint: the weights are copied);
 otherwise the conversion raises PrequantKerasError naming the layer and the option.
@@ -27,7 +27,7 @@ import tensorflow as tf
 import tf_keras
 
 from prequant.keras._engine_graph import PrequantKerasError
-from prequant.keras.activations import BoundedReLU
+from prequant.keras.activations import BoundedReLU, GatedActivation
 
 _SHAPE_KEYS = {"input_shape", "batch_input_shape", "batch_size", "input_dim"}
 _NEUTRAL = (None, False, 0, 1, "", (), [], {})
@@ -63,6 +63,41 @@ class TFKerasBoundedReLU(tf_keras.layers.Layer):
         return config
 
 
+@tf_keras.saving.register_keras_serializable(package="prequant")
+class TFKerasGatedActivation(tf_keras.layers.Layer):
+    """tf_keras twin of prequant.keras.GatedActivation: x·g(s[c]·x), channel axis last, written
+    as the Keras 3 layer is (x·sigmoid(s·x); hard_swish(s·x)/s; gelu(s·x)/s) for the converter."""
+
+    def __init__(self, gate, gate_scale, **kwargs):
+        super().__init__(**kwargs)
+        GatedActivation(gate, gate_scale)  # the same argument checks
+        self.gate = gate
+        values = np.asarray(gate_scale, dtype="float32").reshape(-1)
+        self.gate_scale = self.add_weight(name="gate_scale", shape=(values.size,), trainable=False,
+                                          initializer=tf_keras.initializers.Constant(values))
+
+    def call(self, inputs):
+        scale = tf.cast(self.gate_scale, inputs.dtype)
+        z = inputs * scale
+        if self.gate == "sigmoid":
+            return inputs * tf.sigmoid(z)
+        if self.gate == "hard_sigmoid":
+            y = z * tf.nn.relu6(z + 3.0) * (1.0 / 6.0)
+        else:
+            y = tf.nn.gelu(z, approximate=self.gate == "gelu_tanh")
+        return y * (1.0 / scale)
+
+    def get_config(self):
+        config = super().get_config()
+        config["gate"] = self.gate
+        config["gate_scale"] = [float(v) for v in self.gate_scale.numpy()]
+        return config
+
+
+# prequant's Keras 3 layers and their tf_keras twins
+_TWINS = ((BoundedReLU, TFKerasBoundedReLU), (GatedActivation, TFKerasGatedActivation))
+
+
 def _plain(value):
     """A config value as plain Python: tracking ListWrappers and NumPy values unwrapped."""
     if isinstance(value, dict):
@@ -89,10 +124,11 @@ def _accepted_keys(cls) -> set:
 
 def _target_class(layer, into_tf_keras: bool):
     name = type(layer).__name__
-    if into_tf_keras and isinstance(layer, BoundedReLU):
-        return TFKerasBoundedReLU
-    if not into_tf_keras and isinstance(layer, TFKerasBoundedReLU):
-        return BoundedReLU
+    for keras3_class, tf_keras_class in _TWINS:
+        if into_tf_keras and isinstance(layer, keras3_class):
+            return tf_keras_class
+        if not into_tf_keras and isinstance(layer, tf_keras_class):
+            return keras3_class
     module = (type(layer).__module__ or "")
     builtin = module.startswith("tf_keras.") if not into_tf_keras else (module == "keras" or module.startswith("keras."))
     target = getattr((tf_keras if into_tf_keras else keras).layers, name, None)

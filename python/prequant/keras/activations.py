@@ -1,4 +1,5 @@
 """BoundedReLU: ReLU6 followed by a per-channel upper bound — the exact form of ReLU6 after scaling.
+GatedActivation: x·g(s[c]·x), the exact form of SiLU / HardSwish / GELU after scaling through them.
 
 Cross-layer scaling divides the channels entering a ReLU6 by s[c]; ReLU6 then no longer
 computes the same function unless its bound becomes 6/s[c]. With the 'bound' ReLU6 policy the
@@ -18,6 +19,8 @@ The bounds are a non-trainable weight (``upper``), so high-bias absorption can l
 place, and they are also in ``get_config()``, so ``from_config`` gives a complete layer. The
 class is registered as ``prequant>BoundedReLU``: models holding it save and reload as
 ``.keras`` in any process that imported ``prequant.keras`` (which imports this module).
+GatedActivation (``prequant>GatedActivation``) keeps its gate scales the same way; its class
+docstring says how it is written for the TFLite converter.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["BoundedReLU"]
+__all__ = ["BoundedReLU", "GatedActivation"]
 
 
 @keras.saving.register_keras_serializable(package="prequant")
@@ -82,4 +85,75 @@ class BoundedReLU(keras.layers.Layer):
         config = super().get_config()
         config["upper"] = [float(v) for v in np.asarray(self.upper.numpy(), dtype="float64")]
         config["max_value"] = self.max_value
+        return config
+
+
+_GATES = ("sigmoid", "hard_sigmoid", "gelu_erf", "gelu_tanh")
+
+
+@keras.saving.register_keras_serializable(package="prequant")
+class GatedActivation(keras.layers.Layer):
+    """x·g(s[c]·x) (channel axis last): SiLU / Swish (gate 'sigmoid'), HardSwish
+    ('hard_sigmoid': relu6(z + 3)/6) or GELU ('gelu_erf': Φ(z); 'gelu_tanh': its tanh
+    approximation) with a per-channel gate scale s, the exact form of the activation after
+    cross-layer scaling through it.
+
+    Scaling divides the producer's channel c by s[c] and multiplies the consumer's by s[c];
+    x·g(x) at x = s·x' is s·(x'·g(s·x')), so the activation becomes x'·g(s·x') and the FP32
+    output is unchanged (``equalize_model(..., gated_activations=True)`` puts this layer where
+    ``Activation('swish' | 'hard_swish' | 'gelu')`` or a layer's fused activation was).
+
+    Written so that the TFLite converter emits its standard fused ops: 'sigmoid' as
+    x·sigmoid(s·x) (MUL, LOGISTIC, MUL), 'hard_sigmoid' as hard_silu(s·x)·(1/s) (MUL, HARD_SWISH,
+    MUL) and GELU as gelu(s·x)·(1/s) (MUL, GELU, MUL; an Erf would need TF Select ops) — the same
+    function for s > 0, which the engine guarantees (its scales are clamped to [1e-6, 1e6]).
+    ``gate_scale`` is a non-trainable weight and a config entry; registered as
+    ``prequant>GatedActivation`` (a .keras file reloads in a process that imported prequant.keras).
+    """
+
+    def __init__(self, gate, gate_scale, **kwargs):
+        super().__init__(**kwargs)
+        if gate not in _GATES:
+            raise ValueError(f"GatedActivation gate must be one of {_GATES}, got {gate!r}")
+        values = np.asarray(gate_scale, dtype="float64").reshape(-1)
+        if values.size == 0:
+            raise ValueError("GatedActivation needs at least one gate scale")
+        if not (np.isfinite(values).all() and (values > 0).all()):
+            raise ValueError("GatedActivation gate scales must be positive finite numbers")
+        self.gate = gate
+        self.gate_scale = self.add_weight(
+            name="gate_scale",
+            shape=(values.size,),
+            initializer=keras.initializers.Constant(values.astype("float32")),
+            trainable=False,
+            dtype="float32",
+        )
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is not None and channels != self.gate_scale.shape[0]:
+            raise ValueError(
+                f"GatedActivation '{self.name}' has {self.gate_scale.shape[0]} gate scales but its input "
+                f"has {channels} channels on the last axis"
+            )
+        self.built = True
+
+    def call(self, inputs):
+        scale = ops.cast(self.gate_scale, inputs.dtype)
+        z = inputs * scale
+        if self.gate == "sigmoid":
+            return inputs * ops.sigmoid(z)
+        if self.gate == "hard_sigmoid":
+            y = ops.hard_silu(z)
+        else:
+            y = ops.gelu(z, approximate=self.gate == "gelu_tanh")
+        return y * ops.divide(ops.ones_like(scale), scale)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config["gate"] = self.gate
+        config["gate_scale"] = [float(v) for v in np.asarray(self.gate_scale.numpy(), dtype="float64")]
         return config

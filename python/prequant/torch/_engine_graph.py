@@ -362,6 +362,30 @@ def _arg(node: torch.fx.Node, index: int, name: str, default=None):
     return node.kwargs.get(name, default)
 
 
+_CHANNEL_KEEPING_CALLS = frozenset({"relu", "relu_", "relu6", "hardtanh", "leaky_relu", "silu", "gelu",
+                                    "hardswish", "sigmoid", "tanh", "contiguous", "clone", "dropout"})
+
+
+def _channels_of(node, modules) -> int | None:
+    """dim 1 of fx node `node`'s output, read from the conv or batch norm module that produces it
+    through channel-keeping modules and calls (activations, pooling, dropout); None if unknown."""
+    for _ in range(10_000):  # a walk, not recursion: deep chains of activations are fine
+        if not isinstance(node, torch.fx.Node):
+            return None
+        module = modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(module, _CONV + _CONV_T):
+            return int(module.out_channels)
+        if isinstance(module, _BN):
+            return int(module.num_features)
+        name = getattr(node.target, "__name__", node.target)
+        keeps = (module is not None and isinstance(module, _RANK_KEEPING) and not isinstance(module, nn.Linear)) \
+            or (node.op in ("call_function", "call_method") and name in _CHANNEL_KEEPING_CALLS)
+        if not keeps or not node.args:
+            return None
+        node = node.args[0]
+    return None
+
+
 def _is_global_pool(node, modules) -> bool:
     """An fx node whose output is (N, C, 1, ...): adaptive pooling to size 1."""
     if not isinstance(node, torch.fx.Node):
@@ -417,10 +441,16 @@ def _add_channel_node(g, node: torch.fx.Node, modules, splits: set) -> bool:
             g.add_activation(name, "identity", [node.args[0].name], outputs, op_type="flatten")
             return True
         return False
-    if (is_fn and target is torch.split) or (is_method and target == "split"):
+    is_chunk = (is_fn and target is torch.chunk) or (is_method and target == "chunk")
+    if is_chunk or (is_fn and target is torch.split) or (is_method and target == "split"):
         size = _arg(node, 1, "split_size_or_sections", _arg(node, 1, "split_size"))
         if _arg(node, 2, "dim", 0) != 1 or not isinstance(node.args[0], torch.fx.Node):
             return False
+        if is_chunk:  # chunks of ceil(C / n) channels, the last one smaller: needs C
+            chunks, channels = _arg(node, 1, "chunks"), _channels_of(node.args[0], modules)
+            if not isinstance(chunks, int) or chunks < 1 or channels is None:
+                return False
+            size = -(-channels // chunks)
         users = list(node.users)
         if not users or any(u.op != "call_function" or u.target is not operator.getitem
                             or not isinstance(u.args[1], int) or u.args[1] < 0 for u in users):
