@@ -141,8 +141,8 @@ json to_json(const ClsResult& r) {
                        {"layer2", p.layer2},
                        {"scale", numbers(p.scale)},
                        {"relu_between", p.relu_between},
-                       {"activations_between", p.activations_between}});
-      if (!p.criterion_fallback.empty()) pairs.back()["criterion_fallback"] = p.criterion_fallback;
+                       {"activations_between", p.activations_between},
+                       {"criterion_fallback", p.criterion_fallback}});
     }
     sets.push_back({{"layers", layers}, {"pairs", pairs}});
   }
