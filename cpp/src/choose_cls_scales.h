@@ -18,7 +18,7 @@ namespace prequant {
 struct CriterionWeights {
   double producer = 1.0, activation = 0.0, consumer = 1.0;
 };
-CriterionWeights criterion_weights(ScaleCriterion criterion, bool consumer_depthwise);
+CriterionWeights criterion_weights(ScaleCriterion criterion);
 
 // The step factor for one channel: exp((p·ln r1 + a·ln act − c·ln r2) / (p + a + c)), or nullopt
 // when a range it uses is not > 0 and finite (the caller then keeps scale 1 or falls back).

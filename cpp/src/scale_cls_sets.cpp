@@ -309,8 +309,8 @@ ClsResult detail::scale_cls_sets_ungauged(Graph& graph, const std::vector<ClsSet
   // One link's step under the chosen criterion: producer's out ranges r1 (row), consumer's in
   // ranges r2, activation ranges now (entry ranges times the producer's output factor).
   auto link_scale = [&](size_t k, size_t p, const std::vector<double>& r1, const std::vector<double>& r2) {
-    const size_t producer = sets[k].layers[p], consumer = sets[k].layers[p + 1];
-    const CriterionWeights w = criterion_weights(options.scale_criterion, graph.nodes[consumer].is_depthwise());
+    const size_t producer = sets[k].layers[p];
+    const CriterionWeights w = criterion_weights(options.scale_criterion);
     const auto& act = act0[k][p];
     const std::vector<double>& factor = state.at(producer).out_factor;
     std::vector<double> s(r1.size());

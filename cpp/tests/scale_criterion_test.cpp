@@ -98,18 +98,18 @@ TEST(ScaleCriterion, ActivationsBalancesActivationAgainstConsumerColumns) {
   const auto a0 = act_range(m, "bn0", 0, 6), a1 = act_range(m, "bn1", 0, INFINITY);
   const auto a2 = act_range(m, "bn2", 0, 6);
   const auto r = prequant::equalize_model(m.graph, with(ScaleCriterion::Activations));
-  // Ranges as the weights are now (r2·s). c0 → c1: act/s = r2·s up to one factor; c1 → dw (depthwise consumer, invariant under per-channel
-  // weights): every activation range equal; dw → c3: act/s = r2·s up to one factor.
+  // Ranges as the weights are now (r2·s): act/s = r2·s up to one factor on each link, into the
+  // depthwise layer too (its range as it is now: times s1, divided by s2).
   const auto& s0 = pair(r.cls, "c0").scale;
   const auto& s1 = pair(r.cls, "c1").scale;
   const auto& s2 = pair(r.cls, "dw").scale;
-  const auto r_c1 = m.in_ranges("c1"), r_c3 = m.in_ranges("c3");
-  std::vector<double> ratio0, act1, ratio2;
+  const auto r_c1 = m.in_ranges("c1"), r_dw = m.in_ranges("dw"), r_c3 = m.in_ranges("c3");
+  std::vector<double> ratio0, ratio1, ratio2;
   for (size_t c = 0; c < s0.size(); ++c) ratio0.push_back(a0[c] / s0[c] / r_c1[c]);
-  for (size_t c = 0; c < s1.size(); ++c) act1.push_back(a1[c] / s1[c]);
+  for (size_t c = 0; c < s1.size(); ++c) ratio1.push_back(a1[c] / s1[c] / r_dw[c]);
   for (size_t c = 0; c < s2.size(); ++c) ratio2.push_back(a2[c] / s2[c] / r_c3[c]);
   EXPECT_NEAR(spread(ratio0), 1.0, 1e-4);
-  EXPECT_NEAR(spread(act1), 1.0, 1e-4);
+  EXPECT_NEAR(spread(ratio1), 1.0, 1e-4);
   EXPECT_NEAR(spread(ratio2), 1.0, 1e-4);
   // Not the weight criterion's fixed point: the rows of c0 stay unbalanced against c1's columns.
   const auto r_c0 = m.out_ranges("c0");
