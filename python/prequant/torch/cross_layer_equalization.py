@@ -219,9 +219,10 @@ def equalize_model(model: nn.Module, input_shapes=None, dummy_input=None, *, rel
     row range against the second's column range), ``"weights_and_activations"`` (also the range
     of the activation between, data-free from the folded batch norm's β ± 3|γ| through the
     ReLU/ReLU6: for per-tensor weight quantization) or ``"activations"`` (the activation range
-    against the second layer's column range: for per-channel weight quantization, where the first
-    layer's rows do not matter). All three keep the FP32 output exact (docs/BENCHMARKS.md,
-    "Activation-aware scale criterion").
+    against the second layer's column range: derived for per-channel weight quantization, where
+    the first layer's rows do not matter; experimental, measured worse than
+    ``"weights_and_activations"`` on EfficientNet-Lite0). All three keep the FP32 output exact
+    (docs/BENCHMARKS.md, "Activation-aware scale criterion").
 
     ``bias_correction=True`` adds analytic (data-free) bias correction, DFQ §4.2: each layer's
     bias loses (Q(W) − W)·E[x], with E[x] from the batch norm before it, for the weight quantizer
