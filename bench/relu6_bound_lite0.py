@@ -2,6 +2,7 @@
 
     python bench/relu6_bound_lite0.py --before /work/main/python --after python [--eval N]
         [--policies bound,skip] [--no-regions] [--sides before,after]
+        [--criteria weights,weights_and_activations,activations]
 
 Runs the same rows in two fresh processes, one importing prequant from each PYTHONPATH (e.g. the
 main branch and this branch, each with its built extension), and prints one table:
@@ -53,14 +54,17 @@ def child(args) -> None:
     dummy = torch.zeros(1, 3, 224, 224)
     for policy in args.policies.split(","):
         for regions in (False, True) if args.regions else (False,):
-            m = prepare_model(efficientnet_lite0())
-            equalize_model(m, dummy_input=dummy, relu6=policy, regions=regions)
-            mb = acc.export(m)
-            fp32 = acc.run(mb, x)
-            for quant in ("per-tensor", "per-channel"):
-                measure(f"equalize relu6={policy}, {'chains + regions' if regions else 'chains only'} + INT8 {quant}",
-                        mb, quant)
-                rows[-1]["fp32_sqnr"] = acc.sqnr_db(ref, fp32)
+            for criterion in args.criteria.split(","):
+                m = prepare_model(efficientnet_lite0())
+                kw = {} if criterion == "weights" else {"scale_criterion": criterion}  # 'before' may predate it
+                equalize_model(m, dummy_input=dummy, relu6=policy, regions=regions, **kw)
+                mb = acc.export(m)
+                fp32 = acc.run(mb, x)
+                crit = "" if criterion == "weights" else f", scale_criterion={criterion}"
+                for quant in ("per-tensor", "per-channel"):
+                    measure(f"equalize relu6={policy}{crit}, {'chains + regions' if regions else 'chains only'} "
+                            f"+ INT8 {quant}", mb, quant)
+                    rows[-1]["fp32_sqnr"] = acc.sqnr_db(ref, fp32)
     print(json.dumps(rows))
 
 
@@ -72,6 +76,7 @@ def main() -> None:
     ap.add_argument("--policies", default="bound", help="relu6 policies of the equalize rows (comma-separated)")
     ap.add_argument("--no-regions", dest="regions", action="store_false", help="chains-only rows")
     ap.add_argument("--sides", default="before,after", help="which of before,after to run")
+    ap.add_argument("--criteria", default="weights", help="scale_criterion values of the equalize rows (comma-separated)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--base", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -84,7 +89,7 @@ def main() -> None:
             continue
         env = dict(os.environ, PYTHONPATH=os.path.abspath(path))
         cmd = [sys.executable, os.path.abspath(__file__), "--before", args.before, "--after", args.after,
-               "--eval", str(args.eval), "--policies", args.policies, "--child"] + \
+               "--eval", str(args.eval), "--policies", args.policies, "--criteria", args.criteria, "--child"] + \
               (["--base"] if side == "after" else []) + ([] if args.regions else ["--no-regions"])
         out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
         results[side] = json.loads(out.strip().splitlines()[-1])

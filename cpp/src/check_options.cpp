@@ -34,6 +34,9 @@ void check_options(const ClsOptions& o) {
     throw InvalidRequestError("max_iterations (the CLI's --iterations) must be at least 1 (1 = one pass over the sets, as AIMET), got " +
                               std::to_string(o.max_iterations) + "; equalize_model's default is " +
                               std::to_string(kDefaultMaxIterations));
+  if (!std::isfinite(o.activation_sigmas) || !(o.activation_sigmas > 0))
+    throw InvalidRequestError("activation_sigmas must be a finite number > 0 (the k of the activation range "
+                              "β ± k·|γ|), got " + text(o.activation_sigmas) + "; the default is 3");
 }
 
 void check_options(const EqualizeOptions& o) {

@@ -25,4 +25,22 @@ Relu6Policy parse_relu6_policy(const std::string& name) {
                             "'; use 'replace', 'bound' or 'skip'");
 }
 
+const char* scale_criterion_name(ScaleCriterion c) {
+  switch (c) {
+    case ScaleCriterion::Weights: return "weights";
+    case ScaleCriterion::WeightsAndActivations: return "weights_and_activations";
+    case ScaleCriterion::Activations: return "activations";
+  }
+  return "?";
+}
+
+ScaleCriterion parse_scale_criterion(const std::string& name) {
+  if (name == "weights") return ScaleCriterion::Weights;
+  if (name == "weights_and_activations") return ScaleCriterion::WeightsAndActivations;
+  if (name == "activations") return ScaleCriterion::Activations;
+  throw InvalidRequestError("unknown scale criterion '" + name +
+                            "'; use 'weights' (DFQ), 'weights_and_activations' (for per-tensor weight "
+                            "quantization) or 'activations' (for per-channel weight quantization)");
+}
+
 }  // namespace prequant

@@ -141,7 +141,8 @@ json to_json(const ClsResult& r) {
                        {"layer2", p.layer2},
                        {"scale", numbers(p.scale)},
                        {"relu_between", p.relu_between},
-                       {"activations_between", p.activations_between}});
+                       {"activations_between", p.activations_between},
+                       {"criterion_fallback", p.criterion_fallback}});
     }
     sets.push_back({{"layers", layers}, {"pairs", pairs}});
   }
@@ -265,6 +266,8 @@ std::string explain(const ClsResult& r) {
         out << " (through " << join(p.activations_between, ", ")
             << (p.relu_between ? "" : "; no ReLU-like activation") << ")";
       out << ": scale " << spread(p.scale) << "\n";
+      if (!p.criterion_fallback.empty())
+        out << "      weight criterion (DFQ) for this pair: " << p.criterion_fallback << "\n";
     }
   }
   explain_gates(out, r.activation_edits);

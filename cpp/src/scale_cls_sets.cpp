@@ -9,6 +9,12 @@
 //   triple  P = r1·r2·r3; S12 = r1/P^(1/3); S23 = P^(1/3)/r3;
 //           W1[c] /= S12, b1[c] /= S12; Wdw[c] *= S12/S23, bdw[c] /= S23; W3[:,c] *= S23.
 //   Guards: a channel with a zero range gets scale 1; s is clamped to [min_scale, max_scale].
+//   options.scale_criterion other than Weights (choose_cls_scales.cpp): each link (a pair, or
+//   each of a triple's two links in turn) steps by ln s = (p·ln r1 + a·ln act − c·ln r2)/(p+a+c),
+//   act = the activation range between from the BN statistics, as the link is now; a link
+//   without statistics, or a channel without an activation range, uses the pair formula above.
+//   The chain correction is then not run (its coupling model is the weight criterion's; the
+//   activation term weakens the coupling between links, so the sweeps converge alone).
 //   ReLU6 between: 'replace' turns the clip into ReLU; 'bound' divides the clip's per-channel
 //   upper bound by the same s, which keeps the FP32 output exact; then gauge_clip_bounds.cpp
 //   multiplies such a pair's scales by one factor so that every bound is ≤ 6 (a fusable ReLU6
@@ -25,6 +31,7 @@
 #include <optional>
 #include <unordered_map>
 
+#include "choose_cls_scales.h"
 #include "cls_chain.h"
 #include "pass_util.h"
 #include "prequant/errors.h"
@@ -288,6 +295,34 @@ ClsResult detail::scale_cls_sets_ungauged(Graph& graph, const std::vector<ClsSet
     std::sort(neighbours[a].begin(), neighbours[a].end());
     neighbours[a].erase(std::unique(neighbours[a].begin(), neighbours[a].end()), neighbours[a].end());
   }
+  // Activation ranges per link at entry (layer's output units); nullopt with the reason when unknown.
+  const bool by_activations = options.scale_criterion != ScaleCriterion::Weights;
+  std::vector<std::vector<std::optional<std::vector<double>>>> act0(sets.size());
+  std::vector<std::vector<std::string>> fallback(sets.size());
+  if (by_activations)
+    for (size_t k = 0; k < sets.size(); ++k)
+      for (size_t p = 0; p < sets[k].links.size(); ++p) {
+        std::string why;
+        act0[k].push_back(estimate_activation_ranges(graph, sets[k].layers[p], sets[k].links[p].between, options, why));
+        fallback[k].push_back(why);
+      }
+  // One link's step under the chosen criterion: producer's out ranges r1 (row), consumer's in
+  // ranges r2, activation ranges now (entry ranges times the producer's output factor).
+  auto link_scale = [&](size_t k, size_t p, const std::vector<double>& r1, const std::vector<double>& r2) {
+    const size_t producer = sets[k].layers[p];
+    const CriterionWeights w = criterion_weights(options.scale_criterion);
+    const auto& act = act0[k][p];
+    const std::vector<double>& factor = state.at(producer).out_factor;
+    std::vector<double> s(r1.size());
+    for (size_t c = 0; c < s.size(); ++c) {
+      std::optional<double> step;
+      if (act && (*act)[c] > 0) step = criterion_scale(w, r1[c], (*act)[c] * factor[c], r2[c]);
+      s[c] = step ? std::clamp(*step, options.min_scale, options.max_scale)
+                  : guarded_scale(std::sqrt(r1[c] / r2[c]), r1[c], r2[c], options);
+    }
+    return s;
+  };
+
   std::vector<bool> dirty(sets.size(), true);
   const auto correct_chains = make_chain_correction(sets, total, options, out_ranges_of, in_ranges_of,
                                                     multiply, sets_of_layer, dirty);
@@ -303,7 +338,18 @@ ClsResult detail::scale_cls_sets_ungauged(Graph& graph, const std::vector<ClsSet
       const auto& set = sets[k];
       const std::vector<double> r1 = out_ranges_of(set.layers[0]);
       double set_log = 0.0;
-      if (set.layers.size() == 2) {
+      if (by_activations) {  // each link in turn, as a pair
+        for (size_t p = 0; p + 1 < set.layers.size(); ++p) {
+          const std::vector<double> out = out_ranges_of(set.layers[p]);
+          const std::vector<double> s = link_scale(k, p, out, in_ranges_of(set.layers[p + 1]));
+          for (size_t c = 0; c < s.size(); ++c) {
+            set_log = std::max(set_log, std::abs(std::log(s[c])));
+            total[k][p][c] *= s[c];
+          }
+          multiply(set.layers[p], true, s, true);
+          multiply(set.layers[p + 1], false, s, false);
+        }
+      } else if (set.layers.size() == 2) {
         const std::vector<double>& r2 = in_ranges_of(set.layers[1]);
         std::vector<double> s(r1.size());
         for (size_t c = 0; c < s.size(); ++c) {
@@ -336,7 +382,7 @@ ClsResult detail::scale_cls_sets_ungauged(Graph& graph, const std::vector<ClsSet
         for (size_t b : neighbours[k]) dirty[b] = true;
     }
     if (!any) break;
-    if (options.solve_chains && it + 1 < iterations) correct_chains();
+    if (options.solve_chains && !by_activations && it + 1 < iterations) correct_chains();
     result.iterations = it + 1;
     result.last_max_log_scale = max_log;
   }
@@ -364,6 +410,7 @@ ClsResult detail::scale_cls_sets_ungauged(Graph& graph, const std::vector<ClsSet
       pair.scale = std::move(total[k][p]);
       pair.relu_between = sets[k].links[p].relu_like;
       for (size_t b : sets[k].links[p].between) pair.activations_between.push_back(graph.nodes[b].name);
+      if (by_activations && !act0[k][p]) pair.criterion_fallback = fallback[k][p];
       out.pairs.push_back(std::move(pair));
     }
     result.sets.push_back(std::move(out));

@@ -3,7 +3,7 @@
 //   prequant inspect  MODEL.onnx [--json] [--explain]
 //   prequant fold     MODEL.onnx -o OUT.onnx [--explain] [--json] [--overwrite]
 //   prequant equalize MODEL.onnx -o OUT.onnx [--relu6 replace|bound|skip] [--high-bias] [--regions]
-//                     [--gated-activations]
+//                     [--gated-activations] [--scale-criterion weights|weights_and_activations|activations]
 //                     [--iterations N] [--explain] [--json] [--overwrite]
 //   prequant report   MODEL.onnx -o OUT_DIR [--relu6 ...] [--high-bias] [--iterations N]
 //                     [--before folded|original] [--bits B] [--max-layer-plots N] [--max-channels N]
@@ -54,6 +54,7 @@ struct Options {
   bool bias_correction_asymmetric = false;
   bool regions = false;
   bool gated_activations = false;
+  std::string scale_criterion = "weights";
   int iterations = prequant::kDefaultMaxIterations;
   std::string before = "folded";  // report: the baseline
   int bits = 8;
@@ -189,6 +190,7 @@ prequant::EqualizeOptions equalize_options(const Options& o) {
   options.bias_quantizer.symmetric = !o.bias_correction_asymmetric;
   options.regions = o.regions;
   options.cls.gated_activations = o.gated_activations;
+  options.cls.scale_criterion = prequant::parse_scale_criterion(o.scale_criterion);
   return options;
 }
 
@@ -342,6 +344,12 @@ int main(int argc, char** argv) {
     sub->add_flag("--gated-activations,!--no-gated-activations", o.gated_activations,
                   "Also scale through x·g(x) activations (SiLU, HardSwish, GELU), rewriting each as "
                   "x·g(s·x) with a per-channel gate scale: exact in FP32 (off by default)");
+    sub->add_option("--scale-criterion", o.scale_criterion,
+                    "What each CLS scale balances: weights (DFQ, default), weights_and_activations "
+                    "(also the activation range from the folded BN statistics: for per-tensor weight "
+                    "quantization), activations (activation against the next layer's columns: for "
+                    "per-channel weight quantization)")
+        ->check(CLI::IsMember({"weights", "weights_and_activations", "activations"}));
     sub->add_option("--iterations", o.iterations,
                     "Maximum CLS iterations over overlapping sets (1 = one pass, as AIMET)")
         ->check(CLI::Range(1, 1000000));

@@ -122,6 +122,7 @@ nb::dict to_dict(const ClsPairResult& p) {
   o["scale"] = floats_of(p.scale);
   o["relu_between"] = p.relu_between;
   o["activations_between"] = strings_of(p.activations_between);
+  o["criterion_fallback"] = p.criterion_fallback;
   return o;
 }
 
@@ -352,7 +353,7 @@ void bind_results(nb::module_& m) {
            [](ClsPairResult* self, std::string layer1, std::string layer2, std::vector<double> scale,
               bool relu_between, std::vector<std::string> activations_between) {
              new (self) ClsPairResult{std::move(layer1), std::move(layer2), std::move(scale), relu_between,
-                                      std::move(activations_between)};
+                                      std::move(activations_between), {}};
            },
            "layer1"_a, "layer2"_a, "scale"_a, "relu_between"_a,
            "activations_between"_a = std::vector<std::string>{},
@@ -362,6 +363,8 @@ void bind_results(nb::module_& m) {
       .def_prop_ro("scale", [](const ClsPairResult& p) { return numpy_of(p.scale); })
       .def_ro("relu_between", &ClsPairResult::relu_between)
       .def_prop_ro("activations_between", [](const ClsPairResult& p) { return p.activations_between; })
+      .def_ro("criterion_fallback", &ClsPairResult::criterion_fallback,
+              "Why the pair used the weight criterion although scale_criterion asked for another ('' if not).")
       .def("__repr__", [](const ClsPairResult& p) {
         return "ClsPairResult(" + quote(p.layer1) + ", " + quote(p.layer2) + ", <" + std::to_string(p.scale.size()) +
                " scales>)";

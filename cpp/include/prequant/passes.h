@@ -25,6 +25,18 @@ enum class Relu6Policy {
 const char* relu6_policy_name(Relu6Policy p);
 Relu6Policy parse_relu6_policy(const std::string& name);  // "replace" | "bound" | "skip"
 
+// Which per-channel ranges a CLS scale balances (choose_cls_scales.cpp has the derivation).
+enum class ScaleCriterion {
+  Weights,                // DFQ: the producer's row range against the consumer's column range
+  WeightsAndActivations,  // + the activation range between (data-free, from the BN statistics):
+                          // for per-tensor weight quantization
+  Activations,            // the activation range against the consumer's column range: for
+                          // per-channel weight quantization (the producer's rows are invariant)
+};
+const char* scale_criterion_name(ScaleCriterion c);
+// "weights" | "weights_and_activations" | "activations"
+ScaleCriterion parse_scale_criterion(const std::string& name);
+
 // The one default for CLS iterations, shared by C++, the CLI and Python (_core.DEFAULT_MAX_ITERATIONS).
 // Iterating only rescales sets whose neighbours moved, so on sets that do not overlap it costs
 // one pass, as AIMET's single pass; on overlapping sets (chains) it converges instead of
@@ -43,6 +55,13 @@ struct ClsOptions {
   // Scale across x·g(x) activations (SiLU, HardSwish, GELU: OpKind::GatedActivation) by
   // multiplying their gate_scale[c] by s[c] (exact). Off: they decline, as any non-homogeneous op.
   bool gated_activations = false;
+  // What s balances. A link whose activation range is unknown (no BN folded after its first
+  // layer, a gated activation between) uses Weights, with the reason in the pair's result.
+  ScaleCriterion scale_criterion = ScaleCriterion::Weights;
+  double activation_sigmas = 3.0;  // activation range: the BN's β ± k·|γ| through the activation
+  // The BN folded after each layer (layer name → γ, β, in the layer's output units as the graph
+  // is now): the activation ranges' source. equalize_model fills it from its fold.
+  std::unordered_map<std::string, FoldedBnStats> output_statistics;
 };
 
 // The weight quantizer analytic bias correction assumes: the one the model will be quantized

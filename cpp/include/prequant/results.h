@@ -72,6 +72,8 @@ struct ClsPairResult {
   std::vector<double> scale;
   bool relu_between = false;                     // a ReLU-like activation sits between
   std::vector<std::string> activations_between;  // node names of what sits between
+  // Why the pair used the weight criterion although another was asked for (empty: it did not).
+  std::string criterion_fallback;
 };
 
 // A CLS set as discovered or given: 2 layers (a pair) or 3 (conv → depthwise → conv).
