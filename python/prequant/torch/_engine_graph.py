@@ -103,9 +103,14 @@ class EngineGraph:
             ) from None
 
 
+_ENGINE_DTYPES = (torch.float32, torch.float64)
+
+
 def _view(tensor: torch.Tensor, owner: str, role: str):
     """A writable, zero-copy NumPy view of a CPU float32/float64 parameter."""
-    if tensor.device.type != "cpu":
+    if tensor.is_cpu and tensor.dtype in _ENGINE_DTYPES and tensor.is_contiguous():
+        return tensor.detach().numpy()  # the common case, checked in the cheapest order
+    if not tensor.is_cpu:
         raise PrequantTorchError(
             f"{owner}.{role} is on {tensor.device}; the engine works on CPU memory — call "
             f"model.cpu() first (and .to(device) afterwards)"
@@ -258,6 +263,10 @@ def input_ranks_of(dummy_input=None, input_shapes=None):
 # ---- shared state -------------------------------------------------------------------------------
 
 def _state(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(slot, tensor) of every parameter, then every buffer, of `module` and its submodules."""
+    if not module._modules:  # a leaf (nearly every call): its own tables, no named_modules walk
+        return [*((n, t) for n, t in module._parameters.items() if t is not None),
+                *((n, t) for n, t in module._buffers.items() if t is not None)]
     return [(n, t) for n, t in itertools.chain(module.named_parameters(remove_duplicate=False),
                                                module.named_buffers(remove_duplicate=False))
             if t is not None]
@@ -315,11 +324,13 @@ def _unroll_shared_state(gm: torch.fx.GraphModule) -> list:
     called: set[str] = set()
     owned: set[int] = set()
     direct = {id(_attribute(gm, n.target)) for n in gm.graph.nodes if n.op == "get_attr"}
+    modules = dict(gm.named_modules(remove_duplicate=False))  # one walk, not one per call
     for node in gm.graph.nodes:
         if node.op != "call_module":
             continue
-        module = gm.get_submodule(node.target)
-        if not _state(module):
+        module = modules.get(node.target) or gm.get_submodule(node.target)
+        state = _state(module)
+        if not state:
             continue
         if node.target in called:
             parent, _, leaf = node.target.rpartition(".")
@@ -332,8 +343,9 @@ def _unroll_shared_state(gm: torch.fx.GraphModule) -> list:
             gm.add_submodule(new_target, module)
             undo.append(("target", node, node.target, new_target))
             node.target = new_target
+            state = _state(module)
         called.add(node.target)
-        for slot, t in _state(module):
+        for slot, t in state:
             if id(t) in owned and id(t) not in direct:
                 owner_path, _, attr = slot.rpartition(".")
                 holder = module.get_submodule(owner_path) if owner_path else module
@@ -743,32 +755,58 @@ def _parameter_dtype(model: nn.Module) -> torch.dtype:
 def apply_activation_edits(eg: EngineGraph, edits) -> None:
     """ReLU6 replaced: nn.ReLU; ReLU6 bounded per channel: BoundedReLU(bounds); SiLU / Hardswish /
     GELU scaled through: GatedActivation(gate, gate_scale)."""
-    producer = {t: n for n in eg.graph.nodes() if not n.removed for t in n.outputs}
+    producer = _Producers(eg.graph)
+    dtype = None
     for edit in edits:
         module = eg.modules.get(edit.node)
         if module is None:
             continue  # a functional ReLU; nothing to swap
         path = _module_path(eg, edit.node)
         info = eg.graph.node(edit.node)
+        if info.kind != "relu" and dtype is None:
+            dtype = _parameter_dtype(eg.model)
         if info.kind == "gated":  # the final scales, read from the graph (later rounds moved them)
-            scale = torch.as_tensor(info.gate_scale, dtype=_parameter_dtype(eg.model))
+            scale = torch.as_tensor(info.gate_scale, dtype=dtype)
             _set_submodule(eg.model, path, GatedActivation(info.gate, scale, _channel_axis(eg, producer, edit.node)))
         elif info.kind == "relu":
             _set_submodule(eg.model, path, nn.ReLU())
         else:  # the final bounds: high-bias absorption may have lowered them after scaling
-            upper = torch.as_tensor(info.clip_max_per_channel, dtype=_parameter_dtype(eg.model))
+            upper = torch.as_tensor(info.clip_max_per_channel, dtype=dtype)
             _set_submodule(eg.model, path, BoundedReLU(upper, max_value=info.clip_max,
                                                        channel_axis=_channel_axis(eg, producer, edit.node)))
 
 
-def _channel_axis(eg: EngineGraph, producer: dict, node_name: str) -> int:
+class _Producers:
+    """Tensor name -> the graph node (not removed) writing it. The front end names each tensor
+    after the node that made it, so that node is asked first; only a tensor it does not write
+    (a folded BN's output, now the layer's; a split's outputs) needs the snapshot of every node,
+    taken once."""
+
+    def __init__(self, graph) -> None:
+        self.graph = graph
+        self._all: dict | None = None
+
+    def get(self, tensor: str):
+        if self._all is None:
+            try:
+                node = self.graph.node(tensor)
+            except _core.GraphError:
+                node = None
+            if node is not None and not node.removed and tensor in node.outputs:
+                return node  # a tensor has one producer (Graph.lint)
+            self._all = {t: n for n in self.graph.nodes() if not n.removed for t in n.outputs}
+        return self._all.get(tensor)
+
+
+def _channel_axis(eg: EngineGraph, producer: _Producers, node_name: str) -> int:
     """-1 if the channels reaching `node_name` come from an nn.Linear (which contracts the last
     axis: a rank > 2 tensor keeps its channels last), else 1. Walks back through the per-channel
-    nodes between (the engine scaled across them, so a layer produces this tensor's channels).
-    ``producer``: tensor name -> the graph node writing it."""
+    nodes between (the engine scaled across them, so a layer produces this tensor's channels)."""
     node = eg.graph.node(node_name)
-    while node.inputs and node.inputs[0] in producer:
-        node = producer[node.inputs[0]]
+    while node.inputs:
+        node = producer.get(node.inputs[0])
+        if node is None:
+            break
         if node.kind in ("conv", "linear"):
             return -1 if node.kind == "linear" else 1
     return 1
@@ -779,9 +817,11 @@ def apply_high_bias(eg: EngineGraph, hb_result) -> None:
     for absorbed in hb_result.absorbed:
         if absorbed.bias_added:
             _give_bias(eg, absorbed.layer2)
-    for node in eg.graph.nodes():
-        module = eg.modules.get(node.name)
-        if isinstance(module, BoundedReLU) and len(node.clip_max_per_channel):
+    for name, module in eg.modules.items():  # only these: a snapshot of every node costs more
+        if not isinstance(module, BoundedReLU):
+            continue
+        node = eg.graph.node(name)
+        if not node.removed and len(node.clip_max_per_channel):
             module.upper.copy_(torch.as_tensor(node.clip_max_per_channel, dtype=module.upper.dtype))
             module.max_value = None if math.isinf(node.clip_max) else float(node.clip_max)
 

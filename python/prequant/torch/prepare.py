@@ -59,6 +59,7 @@ from torch.fx.graph_module import _copy_attr
 import prequant
 from torch.fx.proxy import TraceError
 
+from ._fresh_memory import copy_tensor_data
 from .op_conversions.base import ConversionContext, Decline, Replacement, Rule, find_size_nodes
 from .op_conversions.registry import describe_target, find_rule, reason_kept, register_optional_rules
 from .prepare_summary import Conversion, KeptOp, PrepareSummary, Unrolling
@@ -300,7 +301,7 @@ def _clone_tensor(tensor: torch.Tensor, memo: dict) -> torch.Tensor:
     if type(tensor) in (torch.Tensor, nn.Parameter) and tensor.is_leaf and tensor.grad is None:
         # the common case without deepcopy's machinery (storage memo, __reduce_ex__); Python
         # attributes set on a parameter are kept (Parameter.__deepcopy__ drops them)
-        clone = tensor.detach().clone(memory_format=torch.preserve_format)
+        clone = copy_tensor_data(tensor)  # fresh memory, its pages mapped in one call
         clone = nn.Parameter(clone, tensor.requires_grad) if type(tensor) is nn.Parameter \
             else clone.requires_grad_(tensor.requires_grad)
         if tensor.__dict__:
