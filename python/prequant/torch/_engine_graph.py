@@ -522,7 +522,7 @@ def _add_module(g, name, module, node, inputs, outputs, calls, rank=None, module
     elif isinstance(module, nn.PReLU):
         g.add_activation(name, "prelu", data_in, outputs, slope=_view(module.weight, name, "weight"),
                          op_type=type_name)
-    elif isinstance(module, _IDENTITY):
+    elif isinstance(module, _IDENTITY) or (_is_stochastic_depth(module) and not module.training):
         g.add_activation(name, "identity", data_in, outputs, op_type=type_name)
     elif isinstance(module, _POOL):
         g.add_activation(name, "pool", data_in, outputs, op_type=type_name, has_padding=_pool_counts_padding(module))
@@ -553,6 +553,12 @@ def _gate_of(module: nn.Module) -> str | None:
     if isinstance(module, nn.GELU):
         return "gelu_tanh" if module.approximate == "tanh" else "gelu_erf"
     return None
+
+
+def _is_stochastic_depth(module: nn.Module) -> bool:
+    """torchvision.ops.StochasticDepth (a leaf once prepare_model has run): the identity in eval
+    mode, like the functional stochastic_depth(..., training=False) above."""
+    return type(module).__name__ == "StochasticDepth" and type(module).__module__.startswith("torchvision.")
 
 
 # ---- subclasses ---------------------------------------------------------------------------------
