@@ -62,3 +62,35 @@ def test_stochastic_depth_module_in_training_stays_declined():
     result = equalize_model(prepared, regions=True)
     assert not result.regions.regions
     assert any("StochasticDepth" in d.reason for d in result.regions.declined)
+
+
+class SplitBranches(nn.Module):
+    """timm MixedConv2d's shape: stem → torch.split(x, [3, 5], 1) → conv_a, conv_b → cat → head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _bn(8, 3), nn.ReLU())
+        self.conv_a = nn.Conv2d(3, 6, 1)
+        self.conv_b = nn.Conv2d(5, 6, 1)
+        self.head = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        a, b = torch.split(self.stem(x), [3, 5], 1)
+        return self.head(torch.relu(torch.cat([self.conv_a(a), self.conv_b(b)], 1)))
+
+
+def test_split_after_prepare_model_joins_a_region():
+    """prepare_model turns torch.split into prequant's Split module; the engine graph read only the
+    function, so every split (MixNet, CSPNet) was opaque after prepare_model."""
+    model = SplitBranches().eval().double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        ref = model(x)
+        prepared = prepare_model(copy.deepcopy(model))
+        result = equalize_model(prepared, regions=True)
+        out = prepared(x)
+    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-9
+    declined = [d.reason for d in result.regions.declined + result.cls.declined]
+    assert not any("Split" in r for r in declined), declined
+    stem_region = [r for r in result.regions.regions if "stem.0" in r.sources]
+    assert stem_region and {"conv_a", "conv_b"} <= set(stem_region[0].sinks), declined

@@ -229,6 +229,8 @@ def _translate(result: EngineGraph, fx_graph: torch.fx.Graph, input_ranks) -> No
             if node.target in shared:
                 g.add_opaque(name, type(module).__name__, inputs, outputs, reason=shared[node.target])
                 continue
+            if _add_split_module(g, name, module, node, splits):
+                continue
             rank = ranks.get(node.args[0]) if node.args and isinstance(node.args[0], torch.fx.Node) else None
             _add_module(g, name, module, node, inputs, outputs, calls[node.target], rank, modules)
         elif node.op == "call_function" and node.target in _RELU_FUNCTIONS:
@@ -417,27 +419,41 @@ def _add_channel_node(g, node: torch.fx.Node, modules, splits: set) -> bool:
         return False
     if (is_fn and target is torch.split) or (is_method and target == "split"):
         size = _arg(node, 1, "split_size_or_sections", _arg(node, 1, "split_size"))
-        if _arg(node, 2, "dim", 0) != 1 or not isinstance(node.args[0], torch.fx.Node):
-            return False
-        users = list(node.users)
-        if not users or any(u.op != "call_function" or u.target is not operator.getitem
-                            or not isinstance(u.args[1], int) or u.args[1] < 0 for u in users):
-            return False
-        begin, end = [], []
-        for u in users:
-            k = u.args[1]
-            if isinstance(size, int):
-                begin.append(k * size)
-                end.append((k + 1) * size)
-            elif isinstance(size, (list, tuple)) and k < len(size):
-                begin.append(sum(size[:k]))
-                end.append(sum(size[:k + 1]))
-            else:
-                return False
-        g.add_split(name, [node.args[0].name], [u.name for u in users], begin, end, op_type="split")
-        splits.add(node.name)
-        return True
+        return _add_split(g, name, node, size, _arg(node, 2, "dim", 0), splits)
     return False
+
+
+def _add_split_module(g, name: str, module, node: torch.fx.Node, splits: set) -> bool:
+    """prepare_model's Split module (torch.split / Tensor.split made a leaf): added as the function."""
+    from prequant.torch import modules as pm
+
+    if type(module) is not pm.Split or len(node.args) != 1 or node.kwargs:
+        return False
+    return _add_split(g, name, node, module.split_size_or_sections, module.dim, splits)
+
+
+def _add_split(g, name: str, node: torch.fx.Node, size, dim, splits: set) -> bool:
+    """A split on the channel axis whose outputs are read only by getitem[k]: one split node."""
+    if dim != 1 or not isinstance(node.args[0], torch.fx.Node):
+        return False
+    users = list(node.users)
+    if not users or any(u.op != "call_function" or u.target is not operator.getitem
+                        or not isinstance(u.args[1], int) or u.args[1] < 0 for u in users):
+        return False
+    begin, end = [], []
+    for u in users:
+        k = u.args[1]
+        if isinstance(size, int):
+            begin.append(k * size)
+            end.append((k + 1) * size)
+        elif isinstance(size, (list, tuple)) and k < len(size):
+            begin.append(sum(size[:k]))
+            end.append(sum(size[:k + 1]))
+        else:
+            return False
+    g.add_split(name, [node.args[0].name], [u.name for u in users], begin, end, op_type="split")
+    splits.add(node.name)
+    return True
 
 
 def _add_prequant_channel_module(g, name, module, node, outputs) -> bool:
