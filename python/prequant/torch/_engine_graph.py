@@ -239,6 +239,8 @@ def _translate(result: EngineGraph, fx_graph: torch.fx.Graph, input_ranks) -> No
             pass
         elif node.op == "call_method" and node.target == "relu":
             g.add_activation(node.name, "relu", inputs[:1], outputs, op_type="Tensor.relu")
+        elif node.op == "call_method" and node.target == "contiguous" and len(node.args) == 1 and not node.kwargs:
+            g.add_activation(node.name, "identity", inputs[:1], outputs, op_type="Tensor.contiguous")  # a copy
         else:
             target = getattr(node.target, "__name__", str(node.target))
             g.add_opaque(node.name, f"{node.op}:{target}", inputs, outputs)
