@@ -235,6 +235,8 @@ def _translate(result: EngineGraph, fx_graph: torch.fx.Graph, input_ranks) -> No
             if node.target in shared:
                 g.add_opaque(name, type(module).__name__, inputs, outputs, reason=shared[node.target])
                 continue
+            if _add_split_module(g, name, module, node, splits):
+                continue
             rank = ranks.get(node.args[0]) if node.args and isinstance(node.args[0], torch.fx.Node) else None
             _add_module(g, name, module, node, inputs, outputs, calls[node.target], rank, modules)
         elif node.op == "call_function" and node.target in _RELU_FUNCTIONS:
@@ -243,6 +245,8 @@ def _translate(result: EngineGraph, fx_graph: torch.fx.Graph, input_ranks) -> No
             pass
         elif node.op == "call_method" and node.target == "relu":
             g.add_activation(node.name, "relu", inputs[:1], outputs, op_type="Tensor.relu")
+        elif node.op == "call_method" and node.target == "contiguous" and len(node.args) == 1 and not node.kwargs:
+            g.add_activation(node.name, "identity", inputs[:1], outputs, op_type="Tensor.contiguous")  # a copy
         else:
             target = getattr(node.target, "__name__", str(node.target))
             g.add_opaque(node.name, f"{node.op}:{target}", inputs, outputs)
@@ -456,32 +460,47 @@ def _add_channel_node(g, node: torch.fx.Node, modules, splits: set) -> bool:
     is_chunk = (is_fn and target is torch.chunk) or (is_method and target == "chunk")
     if is_chunk or (is_fn and target is torch.split) or (is_method and target == "split"):
         size = _arg(node, 1, "split_size_or_sections", _arg(node, 1, "split_size"))
-        if _arg(node, 2, "dim", 0) != 1 or not isinstance(node.args[0], torch.fx.Node):
-            return False
+        dim = _arg(node, 2, "dim", 0)
         if is_chunk:  # chunks of ceil(C / n) channels, the last one smaller: needs C
             chunks, channels = _arg(node, 1, "chunks"), _channels_of(node.args[0], modules)
-            if not isinstance(chunks, int) or chunks < 1 or channels is None:
+            if dim != 1 or not isinstance(chunks, int) or chunks < 1 or channels is None:
                 return False
             size = -(-channels // chunks)
-        users = list(node.users)
-        if not users or any(u.op != "call_function" or u.target is not operator.getitem
-                            or not isinstance(u.args[1], int) or u.args[1] < 0 for u in users):
-            return False
-        begin, end = [], []
-        for u in users:
-            k = u.args[1]
-            if isinstance(size, int):
-                begin.append(k * size)
-                end.append((k + 1) * size)
-            elif isinstance(size, (list, tuple)) and k < len(size):
-                begin.append(sum(size[:k]))
-                end.append(sum(size[:k + 1]))
-            else:
-                return False
-        g.add_split(name, [node.args[0].name], [u.name for u in users], begin, end, op_type="split")
-        splits.add(node.name)
-        return True
+        return _add_split(g, name, node, size, dim, splits)
     return False
+
+
+def _add_split_module(g, name: str, module, node: torch.fx.Node, splits: set) -> bool:
+    """prepare_model's Split module (torch.split / Tensor.split made a leaf): added as the function."""
+    from prequant.torch import modules as pm
+
+    if type(module) is not pm.Split or len(node.args) != 1 or node.kwargs:
+        return False
+    return _add_split(g, name, node, module.split_size_or_sections, module.dim, splits)
+
+
+def _add_split(g, name: str, node: torch.fx.Node, size, dim, splits: set) -> bool:
+    """A split on the channel axis whose outputs are read only by getitem[k]: one split node."""
+    if dim != 1 or not isinstance(node.args[0], torch.fx.Node):
+        return False
+    users = list(node.users)
+    if not users or any(u.op != "call_function" or u.target is not operator.getitem
+                        or not isinstance(u.args[1], int) or u.args[1] < 0 for u in users):
+        return False
+    begin, end = [], []
+    for u in users:
+        k = u.args[1]
+        if isinstance(size, int):
+            begin.append(k * size)
+            end.append((k + 1) * size)
+        elif isinstance(size, (list, tuple)) and k < len(size):
+            begin.append(sum(size[:k]))
+            end.append(sum(size[:k + 1]))
+        else:
+            return False
+    g.add_split(name, [node.args[0].name], [u.name for u in users], begin, end, op_type="split")
+    splits.add(node.name)
+    return True
 
 
 def _add_prequant_channel_module(g, name, module, node, outputs) -> bool:
@@ -566,7 +585,7 @@ def _add_module(g, name, module, node, inputs, outputs, calls, rank=None, module
     elif isinstance(module, nn.PReLU):
         g.add_activation(name, "prelu", data_in, outputs, slope=_view(module.weight, name, "weight"),
                          op_type=type_name)
-    elif isinstance(module, _IDENTITY):
+    elif isinstance(module, _IDENTITY) or (_is_stochastic_depth(module) and not module.training):
         g.add_activation(name, "identity", data_in, outputs, op_type=type_name)
     elif isinstance(module, _POOL):
         g.add_activation(name, "pool", data_in, outputs, op_type=type_name, has_padding=_pool_counts_padding(module),
@@ -598,6 +617,12 @@ def _gate_of(module: nn.Module) -> str | None:
     if isinstance(module, nn.GELU):
         return "gelu_tanh" if module.approximate == "tanh" else "gelu_erf"
     return None
+
+
+def _is_stochastic_depth(module: nn.Module) -> bool:
+    """torchvision.ops.StochasticDepth (a leaf once prepare_model has run): the identity in eval
+    mode, like the functional stochastic_depth(..., training=False) above."""
+    return type(module).__name__ == "StochasticDepth" and type(module).__module__.startswith("torchvision.")
 
 
 # ---- subclasses ---------------------------------------------------------------------------------
