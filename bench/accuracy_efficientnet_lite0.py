@@ -58,6 +58,7 @@ import tempfile
 import time
 
 import numpy as np
+from bench_report import fmt_db, sqnr_db, write_report
 import onnx
 import onnxruntime as ort
 import torch
@@ -160,15 +161,6 @@ def op_counts(model_bytes: bytes, ops=("BatchNormalization", "Clip", "Min", "Rel
 
 
 # ----------------------------------------------------------------------------- metrics
-
-def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
-    err = float(np.sum((ref.astype(np.float64) - out) ** 2))
-    return math.inf if err == 0 else 10 * math.log10(float(np.sum(ref.astype(np.float64) ** 2)) / err)
-
-
-def fmt_db(v: float) -> str:
-    return "inf" if math.isinf(v) else f"{v:.1f}" if v < 100 else ">100"
-
 
 # ----------------------------------------------------------------------------- stress case
 
@@ -459,13 +451,7 @@ def write_report(args, rows, notes, total):
         lines.append(f"| {r['label']} | {r['top1']:.1f} | {r['agree']:.1f} | {fmt_db(r['sqnr'])} | "
                      f"{r['fp32_top1']:.1f} | {fmt_db(r['fp32_sqnr'])} |")
     lines += ["", "Notes:", ""] + [f"- {n}" for n in notes + STATIC_NOTES] + [""]
-    text = "\n".join(lines)
-    print()
-    print(text)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(f"wrote {args.out}")
+    write_report("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import sys
 import time
 
 import numpy as np
+from bench_report import fmt_db, sqnr_db, write_report
 
 DATA = "/work/shared/data/imagenet-sample"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -66,15 +67,6 @@ def load_split(n_calib: int, n_eval: int):
     evals = [f for i, f in enumerate(files) if i % 5 != 0][:n_eval]
     load = lambda fs: np.stack([load_image(os.path.join(DATA, "images", f)) for f in fs])  # noqa: E731
     return load(calib), load(evals), np.array([int(f.split("_")[0]) for f in evals])
-
-
-def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
-    err = float(np.sum((ref.astype(np.float64) - out) ** 2))
-    return math.inf if err == 0 else 10 * math.log10(float(np.sum(ref.astype(np.float64) ** 2)) / err)
-
-
-def fmt_db(v: float) -> str:
-    return "inf" if math.isinf(v) else f"{v:.1f}" if v < 100 else ">100"
 
 
 def commit() -> str:
@@ -184,13 +176,7 @@ def write_report(args, rows, notes, total, load_before, load_after, measured_at,
     lines += ["", "¹ per-tensor = `converter._experimental_disable_per_channel = True`, a private "
               "TFLiteConverter attribute (no public switch exists).", "", "Notes:", ""]
     lines += [f"- {n}" for n in notes] + [""]
-    text = "\n".join(lines)
-    print()
-    print(text)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(f"wrote {args.out}")
+    write_report("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,17 @@ std::vector<size_t> merge_sorted(const std::vector<size_t>& a, const std::vector
   return out;
 }
 
+// One more input of an Add or Concat: the result stays Gaussian only if every input is (the first
+// non-Gaussian input's reason is kept), and it remembers every input's sources and path.
+void join_input(ChannelStats& s, const ChannelStats& in) {
+  if (!in.gaussian && s.gaussian) {
+    s.gaussian = false;
+    s.not_gaussian = in.not_gaussian;
+  }
+  merge_unique(s.from, in.from);
+  s.between = merge_sorted(s.between, in.between);
+}
+
 ChannelStats from_batch_norm(const std::string& name, const std::vector<double>& gamma,
                              const std::vector<double>& beta) {
   ChannelStats s;
@@ -235,12 +246,7 @@ class Propagation {
             s.mean[c] += in->mean[c];
             if (in->gaussian) s.std[c] += in->std[c] * in->std[c];  // a variance until the end
           }
-          if (!in->gaussian && s.gaussian) {
-            s.gaussian = false;
-            s.not_gaussian = in->not_gaussian;
-          }
-          merge_unique(s.from, in->from);
-          s.between = merge_sorted(s.between, in->between);
+          join_input(s, *in);
         }
         if (n.inputs.empty()) {
           unknown(n, "'" + n.name + "' has no input");
@@ -262,12 +268,7 @@ class Propagation {
           if (!in) return;
           s.mean.insert(s.mean.end(), in->mean.begin(), in->mean.end());
           if (in->gaussian) s.std.insert(s.std.end(), in->std.begin(), in->std.end());
-          if (!in->gaussian && s.gaussian) {
-            s.gaussian = false;
-            s.not_gaussian = in->not_gaussian;
-          }
-          merge_unique(s.from, in->from);
-          s.between = merge_sorted(s.between, in->between);
+          join_input(s, *in);
         }
         if (n.inputs.empty()) {
           unknown(n, "'" + n.name + "' has no input");

@@ -34,6 +34,20 @@ from keras import ops
 __all__ = ["BoundedReLU", "GatedActivation"]
 
 
+def _add_channel_constant(layer, name: str, values: np.ndarray):
+    """A non-trainable float32 weight holding one value per channel (saved with the layer)."""
+    return layer.add_weight(name=name, shape=(values.size,), trainable=False, dtype="float32",
+                            initializer=keras.initializers.Constant(values.astype("float32")))
+
+
+def _check_channels(layer, weight, what: str, input_shape) -> None:
+    """The per-channel constant must match the input's channels (the last axis)."""
+    channels = input_shape[-1]
+    if channels is not None and channels != weight.shape[0]:
+        raise ValueError(f"{type(layer).__name__} '{layer.name}' has {weight.shape[0]} {what} but its "
+                         f"input has {channels} channels on the last axis")
+
+
 @keras.saving.register_keras_serializable(package="prequant")
 class BoundedReLU(keras.layers.Layer):
     """ReLU6 (``clip(x, 0, max_value)``) then a per-channel upper bound (channel axis last)."""
@@ -51,21 +65,10 @@ class BoundedReLU(keras.layers.Layer):
         if np.isnan(values).any() or (values < 0).any():
             raise ValueError("BoundedReLU bounds must be non-negative numbers")
         self._initial_upper = values
-        self.upper = self.add_weight(
-            name="upper",
-            shape=(values.size,),
-            initializer=keras.initializers.Constant(values.astype("float32")),
-            trainable=False,
-            dtype="float32",
-        )
+        self.upper = _add_channel_constant(self, "upper", values)
 
     def build(self, input_shape):
-        channels = input_shape[-1]
-        if channels is not None and channels != self.upper.shape[0]:
-            raise ValueError(
-                f"BoundedReLU '{self.name}' has {self.upper.shape[0]} bounds but its input has "
-                f"{channels} channels on the last axis"
-            )
+        _check_channels(self, self.upper, "bounds", input_shape)
         self.built = True
 
     def call(self, inputs):
@@ -121,21 +124,10 @@ class GatedActivation(keras.layers.Layer):
         if not (np.isfinite(values).all() and (values > 0).all()):
             raise ValueError("GatedActivation gate scales must be positive finite numbers")
         self.gate = gate
-        self.gate_scale = self.add_weight(
-            name="gate_scale",
-            shape=(values.size,),
-            initializer=keras.initializers.Constant(values.astype("float32")),
-            trainable=False,
-            dtype="float32",
-        )
+        self.gate_scale = _add_channel_constant(self, "gate_scale", values)
 
     def build(self, input_shape):
-        channels = input_shape[-1]
-        if channels is not None and channels != self.gate_scale.shape[0]:
-            raise ValueError(
-                f"GatedActivation '{self.name}' has {self.gate_scale.shape[0]} gate scales but its input "
-                f"has {channels} channels on the last axis"
-            )
+        _check_channels(self, self.gate_scale, "gate scales", input_shape)
         self.built = True
 
     def call(self, inputs):
