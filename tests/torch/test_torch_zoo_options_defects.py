@@ -13,6 +13,18 @@ from prequant.torch import prepare_model
 from prequant.torch.cross_layer_equalization import equalize_model
 
 
+def _equalize_regions_keeping_output(model: nn.Module):
+    """prepare_model + equalize_model(regions=True) on a copy; the float64 output must not move."""
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        ref = model(x)
+        prepared = prepare_model(copy.deepcopy(model))
+        result = equalize_model(prepared, regions=True)
+        out = prepared(x)
+    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-9
+    return result
+
+
 def _bn(c: int, seed: int) -> nn.BatchNorm2d:
     gen = torch.Generator().manual_seed(seed)
     bn = nn.BatchNorm2d(c)
@@ -43,13 +55,7 @@ class StochasticDepthResidual(nn.Module):
 def test_stochastic_depth_module_in_eval_joins_a_region():
     torch.manual_seed(0)
     model = StochasticDepthResidual().eval().double()
-    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    with torch.no_grad():
-        ref = model(x)
-        prepared = prepare_model(copy.deepcopy(model))
-        result = equalize_model(prepared, regions=True)
-        out = prepared(x)
-    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-9
+    result = _equalize_regions_keeping_output(model)
     declined = [d.reason for d in result.regions.declined]
     assert not any("StochasticDepth" in r for r in declined), declined
     assert result.regions.regions, declined
@@ -85,13 +91,7 @@ def test_split_after_prepare_model_joins_a_region():
     """prepare_model turns torch.split into prequant's Split module; the engine graph read only the
     function, so every split (MixNet, CSPNet) was opaque after prepare_model."""
     model = SplitBranches().eval().double()
-    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    with torch.no_grad():
-        ref = model(x)
-        prepared = prepare_model(copy.deepcopy(model))
-        result = equalize_model(prepared, regions=True)
-        out = prepared(x)
-    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-9
+    result = _equalize_regions_keeping_output(model)
     declined = [d.reason for d in result.regions.declined + result.cls.declined]
     assert not any("Split" in r for r in declined), declined
     stem_region = [r for r in result.regions.regions if "stem.0" in r.sources]
@@ -114,13 +114,7 @@ class ContiguousResidual(nn.Module):
 
 def test_contiguous_joins_a_region():
     model = ContiguousResidual().eval().double()
-    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    with torch.no_grad():
-        ref = model(x)
-        prepared = prepare_model(copy.deepcopy(model))
-        result = equalize_model(prepared, regions=True)
-        out = prepared(x)
-    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-9
+    result = _equalize_regions_keeping_output(model)
     declined = [d.reason for d in result.regions.declined]
     assert not any("contiguous" in r for r in declined), declined
     assert any({"stem.0", "block.0"} <= set(r.sources) for r in result.regions.regions), declined
