@@ -13,7 +13,9 @@ import torch
 import torchvision
 from torch import nn
 
+import prequant.torch._engine_apply as apply_module
 import prequant.torch._engine_graph as eg_module
+import prequant.torch._engine_nodes as nodes_module
 import prequant.torch._fresh_memory as fresh_memory
 from prequant.torch import prepare_model
 from prequant.torch.cross_layer_equalization import equalize_model
@@ -48,8 +50,8 @@ def straightforward(monkeypatch):
     def switch():
         monkeypatch.setattr(fresh_memory, "enabled", False)
         monkeypatch.setattr(eg_module, "_state", _state_straightforward)
-        monkeypatch.setattr(eg_module, "_view", _view_straightforward)
-        monkeypatch.setattr(eg_module, "_Producers", _ProducersStraightforward)
+        monkeypatch.setattr(nodes_module, "_view", _view_straightforward)
+        monkeypatch.setattr(apply_module, "_Producers", _ProducersStraightforward)
     return switch
 
 
