@@ -141,12 +141,62 @@ class BatchNormActAfterConcat(nn.Module):
         return self.conv(self.norm(torch.cat([self.conv_a(x), self.conv_b(x)], 1)))
 
 
-@pytest.mark.xfail(strict=True, reason="prepare_model turns timm's BatchNormAct2d into F.batch_norm; "
-                   "the engine graph keeps a functional batch_norm opaque, so bias correction declines "
-                   "the conv after it ('sits between: its effect on the statistics is unknown') where the "
-                   "ONNX CLI corrects it (timm densenet121: torch corrects 58 layers, the CLI 119)")
+class ModuleBatchNormAfterConcat(BatchNormActAfterConcat):
+    """The same function with a plain nn.BatchNorm2d + nn.ReLU: the module path bias correction
+    already handles, the twin the functional BN must match."""
+
+    def __init__(self):
+        super().__init__()
+        norm = self.norm
+        self.norm = nn.Sequential(nn.BatchNorm2d(8), nn.ReLU())
+        with torch.no_grad():
+            for k in ("weight", "bias", "running_mean", "running_var"):
+                getattr(self.norm[0], k).copy_(getattr(norm, k))
+
+
+class FunctionalBatchNormAfterCat(nn.Module):
+    """F.batch_norm of torch.cat(conv, conv) written in forward (no timm)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv_b = nn.Conv2d(3, 4, 3, padding=1)
+        ref = _bn(8, 7)
+        self.weight, self.bias = nn.Parameter(ref.weight.detach().clone()), nn.Parameter(ref.bias.detach().clone())
+        self.register_buffer("mean", ref.running_mean.clone())
+        self.register_buffer("var", ref.running_var.clone())
+        self.conv = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = torch.cat([self.conv_a(x), self.conv_b(x)], 1)
+        y = torch.nn.functional.batch_norm(y, self.mean, self.var, self.weight, self.bias, False, 0.1, 1e-5)
+        return self.conv(torch.relu(y))
+
+
+def test_functional_batch_norm_after_a_cat_becomes_a_module_keeping_the_output():
+    # prepare_model finds the rank through the cat (every joined tensor has the output's rank).
+    for model in (BatchNormActAfterConcat(), FunctionalBatchNormAfterCat()):
+        model = model.eval().double()
+        x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        prepared = prepare_model(copy.deepcopy(model))
+        assert any(type(m) is nn.BatchNorm2d for m in prepared.modules()), prepared.code
+        with torch.no_grad():
+            assert torch.equal(prepared(x), model(x))
+
+
 def test_bias_correction_reads_statistics_from_a_functional_batch_norm():
-    prepared = prepare_model(BatchNormActAfterConcat().eval().double())
+    torch.manual_seed(0)
+    functional = BatchNormActAfterConcat().eval().double()
+    twin = ModuleBatchNormAfterConcat().eval().double()
+    twin.load_state_dict({k: v for k, v in functional.state_dict().items() if not k.startswith("norm.")},
+                         strict=False)
+    prepared = prepare_model(functional)
+    bias_before = prepared.conv.bias.detach().clone()
     result = equalize_model(prepared, bias_correction=True)
     assert "conv" in [c.layer for c in result.bias_correction.corrected], \
         [d.reason for d in result.bias_correction.declined]
+    # The correction must be the one the module BN's statistics give (E[relu(N(beta, |gamma|))]).
+    twin_result = equalize_model(twin, bias_correction=True)
+    assert "conv" in [c.layer for c in twin_result.bias_correction.corrected]
+    assert not torch.equal(prepared.conv.bias, bias_before)
+    torch.testing.assert_close(prepared.conv.bias, twin.conv.bias, rtol=0, atol=1e-12)

@@ -20,6 +20,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import fx, nn
 
+from .. import modules as ops
+
 __all__ = [
     "ConversionContext",
     "Decline",
@@ -162,12 +164,22 @@ class ConversionContext:
 
     def input_rank(self, node: Any) -> Optional[int]:
         """Rank of ``node``'s value if a conv (or batch norm) module produced it, possibly
-        through rank-preserving activations; None when unknown. Assumes a batched conv
-        input (ConvNd also accepts unbatched ones). Iterative, bounded."""
+        through rank-preserving activations and concatenations (every tensor torch.cat joins
+        has the output's rank, so the first one is followed: timm's DenseNet normalizes a cat
+        of conv outputs); None when unknown. Assumes a batched conv input (ConvNd also
+        accepts unbatched ones). Iterative, bounded."""
         for _ in range(16):
+            if (isinstance(node, fx.Node) and node.op == "call_function"
+                    and node.target in (torch.cat, torch.concat) and node.args
+                    and isinstance(node.args[0], (list, tuple)) and node.args[0]):
+                node = node.args[0][0]
+                continue
             if not isinstance(node, fx.Node) or node.op != "call_module":
                 return None
             module = self.graph_module.get_submodule(node.target)
+            if isinstance(module, ops.Concat) and node.args:
+                node = node.args[0]
+                continue
             if isinstance(module, nn.modules.conv._ConvNd):
                 return len(module.kernel_size) + 2
             if isinstance(module, nn.BatchNorm1d):
