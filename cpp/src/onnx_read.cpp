@@ -5,7 +5,8 @@
 //         the IR, Impl::buffers a float/double copy of every initializer the IR views, and
 //         Impl::bindings where each IR node's tensors and parameters sit in the ONNX nodes.
 // Mapping (default domain only; anything else, and any node whose parameters are not
-// initializers, becomes Opaque with the reason in Node::opaque_reason):
+// initializers, becomes Opaque with the reason in Node::opaque_reason; a constant attribute input
+// such as Resize scales may also be a Constant node or a Concat of constants):
 //   Conv            weight (O, I/g, k...) out 0 in 1; pads/auto_pad -> has_padding
 //   ConvTranspose   weight (I, O/g, k...) out 1 in 0, transposed
 //   Gemm            alpha = beta = 1, transA = 0; transB = 1 -> (O, I) out 0 in 1,
@@ -20,7 +21,7 @@
 //   Add / Sum of activations -> Add, Concat on axis 1 -> Concat, Split (constant sizes, or
 //   equal parts — num_outputs or none — of the channel count in the model's shapes) and Slice
 //   (step 1, constant non-negative starts) on axis 1 -> Split, Resize by constant scales of 1 on
-//   axes 0 and 1 -> Resize, Flatten(axis 1) of a rank-2 or globally pooled tensor -> Identity,
+//   axes 0 and 1 (or constant sizes equal to the input's batch and channel counts) -> Resize, Flatten(axis 1) of a rank-2 or globally pooled tensor -> Identity,
 //   Mul(x, Sigmoid|HardSigmoid([Mul(x, s)])), HardSwish, Gelu, and GELU written with Erf
 //   (0.5·x·(1 + Erf(x/√2)), any grouping; Mul(x, s/√2) inside) -> GatedActivation.
 // Channel axes: conv activations keep channels on axis 1, a MatMul on a rank > 2 tensor on the
@@ -158,6 +159,8 @@ void Reader::index_graph() {
     if (tt.has_shape()) info_[v.name()].rank = tt.shape().dim_size();
     if (tt.has_shape() && tt.shape().dim_size() >= 2 && tt.shape().dim(1).has_dim_value())
       channels_[v.name()] = tt.shape().dim(1).dim_value();
+    if (tt.has_shape() && tt.shape().dim_size() >= 1 && tt.shape().dim(0).has_dim_value())
+      batch_[v.name()] = tt.shape().dim(0).dim_value();
   };
   for (const auto& v : g_.input()) note_type(v);
   for (const auto& v : g_.output()) note_type(v);

@@ -540,10 +540,25 @@ std::string Reader::map_channel_node(const pb::NodeProto& n, Node& node) {
     if (attr_string(n, "coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize")
       return "mode tf_crop_and_resize fills with an extrapolation value";
     if (find_attr(n, "axes")) return "it has an axes attribute";
-    if (n.input_size() < 3 || n.input(2).empty()) return "it resizes to given sizes; only constant scales are understood";
-    const auto scales = constant_values(n.input(2), "the scales of '" + node.name + "'");
-    if (!scales || scales->size() < 2) return "its scales are not constants";
-    if ((*scales)[0] != 1.0 || (*scales)[1] != 1.0) return "it resizes the batch or channel axis";
+    if (n.input_size() >= 3 && !n.input(2).empty()) {
+      const auto scales = constant_values(n.input(2), "the scales of '" + node.name + "'");
+      if (!scales || scales->size() < 2)
+        return "its scales are not constants (an initializer, a Constant node or a Concat of them)";
+      if ((*scales)[0] != 1.0 || (*scales)[1] != 1.0) return "it resizes the batch or channel axis";
+    } else if (n.input_size() >= 4 && !n.input(3).empty()) {
+      // Sizes keep the channels only if they repeat the input's batch and channel counts.
+      const auto sizes = constant_values(n.input(3), "the sizes of '" + node.name + "'");
+      if (!sizes || sizes->size() < 2)
+        return "its sizes are not constants (an initializer, a Constant node or a Concat of them)";
+      const auto c = channels_.find(x), nb = batch_.find(x);
+      if (c == channels_.end() || nb == batch_.end())
+        return "it resizes to given sizes and the model's shapes do not give its input's batch and "
+               "channel counts to check them against (run onnx.shape_inference first)";
+      if ((*sizes)[0] != static_cast<double>(nb->second) || (*sizes)[1] != static_cast<double>(c->second))
+        return "it resizes the batch or channel axis";
+    } else {
+      return "it has neither scales nor sizes";
+    }
     node.kind = OpKind::Resize;
     keep_axis(n.output(0), xi.rank);
     return {};

@@ -184,7 +184,29 @@ void Reader::find_matmul_add() {
   }
 }
 
+// A Concat on axis 0 of constants is folded: the TorchScript exporter writes nn.Upsample's
+// scales as Concat(Constant[1, 1], Constant[2, 2]) (HRNet's fuse layers). Row-major order makes
+// a concatenation on axis 0 the concatenation of the flattened parts. One level only: the parts
+// must be constants themselves (no walk over the graph, so no recursion on its depth).
 std::optional<std::vector<double>> Reader::constant_values(const std::string& name,
+                                                           const std::string& what) {
+  if (auto v = single_constant(name, what)) return v;
+  const auto p = producer_.find(through_identities(name));
+  if (p == producer_.end()) return std::nullopt;
+  const pb::NodeProto& c = g_.node(p->second);
+  if (!default_domain(c) || c.op_type() != "Concat" || c.output_size() != 1 || c.input_size() == 0 ||
+      attr_int(c, "axis", 0) != 0 || !implicit_[static_cast<size_t>(p->second)].empty())
+    return std::nullopt;
+  std::vector<double> all;
+  for (const auto& part : c.input()) {
+    const auto v = part.empty() ? std::nullopt : single_constant(part, what);
+    if (!v) return std::nullopt;
+    all.insert(all.end(), v->begin(), v->end());
+  }
+  return all;
+}
+
+std::optional<std::vector<double>> Reader::single_constant(const std::string& name,
                                                            const std::string& what) {
   if (const auto* t = initializer(name)) return decode_numeric(*t, what);
   auto it = constant_node_.end();

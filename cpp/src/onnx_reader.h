@@ -79,6 +79,7 @@ class Reader {
   std::unordered_map<std::string, int> use_count_;         // tensor -> reads (nodes, outputs)
   std::unordered_map<std::string, TensorInfo> info_;
   std::unordered_map<std::string, int64_t> channels_;      // tensor -> dim 1, where its shape says
+  std::unordered_map<std::string, int64_t> batch_;         // tensor -> dim 0, where its shape says
   std::unordered_map<std::string, int32_t> elem_type_;
   std::vector<std::vector<std::string>> implicit_;         // per ONNX node: outer-scope reads
   std::vector<int> fused_add_;                             // MatMul index -> Add index or -1
@@ -114,8 +115,10 @@ class Reader {
     auto it = initializer_.find(resolve(name));
     return it == initializer_.end() ? nullptr : &g_.initializer(it->second);
   }
-  // A constant the node reads: an initializer or a Constant node's value.
+  // A constant the node reads, flattened: an initializer or a Constant node's value (through
+  // Identity nodes), or a Concat on axis 0 of such constants. nullopt when it is none of these.
   std::optional<std::vector<double>> constant_values(const std::string& name, const std::string& what);
+  std::optional<std::vector<double>> single_constant(const std::string& name, const std::string& what);
   TensorInfo info(const std::string& name) const {
     auto it = info_.find(name);
     return it == info_.end() ? TensorInfo{} : it->second;

@@ -1,18 +1,20 @@
 """Defects found by bench/zoo_sweep_options.py in the ONNX reader, reproduced on minimal PyTorch
 modules exported as the TorchScript exporter writes them (opset 17, BatchNormalization kept).
 GELU written with Erf is read since the reader learned the form (it was declined 'feeds /2/Div and
-/2/Mul' on every ViT/DeiT/ConvNeXt/PoolFormer); the Resize case stays xfail(strict) until
-onnx_read.cpp reads scales written as a Concat of constants (HRNet: torch scales 92 layers, the
-CLI 79)."""
+/2/Mul' on every ViT/DeiT/ConvNeXt/PoolFormer); Resize scales written as a Concat of constants
+since the reader folds such a Concat (it was declined 'its scales are not constants' on HRNet's
+fuse layers: torch scaled 92 layers, the CLI 79)."""
 
+import json
 import warnings
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
 
-from pq_onnx_helpers import equalize_json, max_rel_err, run_ort
+from pq_onnx_helpers import equalize_json, max_rel_err, run_cli, run_ort
 
 
 def _export(model: nn.Module, path, opset: int = 17) -> np.ndarray:
@@ -49,10 +51,6 @@ class _UpsampleFuse(nn.Module):
         return self.head(torch.relu(self.skip(y) + self.low(y)))
 
 
-@pytest.mark.xfail(strict=True, reason="onnx_read.cpp reads Resize scales only from a constant "
-                   "initializer; the TorchScript exporter writes nn.Upsample(scale_factor=2)'s scales "
-                   "as Concat(Constant[1, 1], Constant[2, 2]), declined 'its scales are not constants' "
-                   "(HRNet's fuse layers: torch scales 92 layers, the CLI 79)")
 def test_upsample_scales_written_as_a_concat_of_constants_join_a_region(cli, tmp_path):
     torch.manual_seed(0)
     x = _export(_UpsampleFuse(), tmp_path / "m.onnx")
@@ -61,3 +59,49 @@ def test_upsample_scales_written_as_a_concat_of_constants_join_a_region(cli, tmp
     declined = result["cls"]["declined"] + result["regions"]["declined"]
     assert not any("scales are not constants" in d["reason"] for d in declined), declined
     assert any("/low/low.1/Conv" in r["sources"] for r in result["regions"]["regions"]), declined
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    resize = next(n for n in model.graph.node if n.op_type == "Resize")
+    scales = next(n for n in model.graph.node if resize.input[2] in n.output)
+    assert scales.op_type == "Concat", scales.op_type  # the exporter's form this test is about
+
+
+def _resize_by_sizes(src, dst, sizes) -> None:
+    """The exported model with its Resize given constant sizes (an initializer) instead of scales."""
+    model = onnx.load(str(src))
+    resize = next(n for n in model.graph.node if n.op_type == "Resize")
+    resize.input[2] = ""
+    while len(resize.input) < 4:
+        resize.input.append("")
+    resize.input[3] = "pq_sizes"
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(sizes, np.int64), "pq_sizes"))
+    onnx.save(onnx.shape_inference.infer_shapes(model), str(dst))
+
+
+@pytest.mark.parametrize("sizes, joins", [([1, 8, 8, 8], True), ([1, 4, 8, 8], False)])
+def test_upsample_by_constant_sizes_joins_a_region_when_they_keep_batch_and_channels(cli, tmp_path, sizes, joins):
+    torch.manual_seed(0)
+    x = _export(_UpsampleFuse(), tmp_path / "m.onnx")
+    _resize_by_sizes(tmp_path / "m.onnx", tmp_path / "s.onnx", sizes)
+    result = equalize_json(cli, tmp_path / "s.onnx", tmp_path / "eq.onnx", "--regions")
+    if not joins:  # sizes that change the channel count (the model no longer runs): declined
+        assert not any("/low/low.1/Conv" in r["sources"] for r in result["regions"]["regions"])
+        assert "it resizes the batch or channel axis" in _resize_reason(cli, tmp_path / "s.onnx")
+        return
+    assert max_rel_err(run_ort(tmp_path / "eq.onnx", {"x": x}), run_ort(tmp_path / "s.onnx", {"x": x})) < 1e-5
+    declined = result["cls"]["declined"] + result["regions"]["declined"]
+    assert any("/low/low.1/Conv" in r["sources"] for r in result["regions"]["regions"]), declined
+
+
+def _resize_reason(cli, path) -> str:
+    info = json.loads(run_cli(cli, "inspect", path, "--json").stdout)
+    return next(o["reason"] for o in info["opaque"] if o["op_type"] == "Resize")
+
+
+def test_upsample_to_sizes_computed_from_the_input_shape_is_declined_with_a_reason(cli, tmp_path):
+    # nn.Upsample(size=...) exports its sizes as Concat(Slice(Shape(x)), Cast(Constant)): not
+    # constant-foldable without shapes, so the Resize stays opaque and says why.
+    torch.manual_seed(0)
+    model = _UpsampleFuse()
+    model.low[3] = nn.Upsample(size=(8, 8), mode="nearest")
+    _export(model, tmp_path / "m.onnx")
+    assert "its sizes are not constants" in _resize_reason(cli, tmp_path / "m.onnx")
