@@ -155,7 +155,8 @@ class ModuleBatchNormAfterConcat(BatchNormActAfterConcat):
 
 
 class FunctionalBatchNormAfterCat(nn.Module):
-    """F.batch_norm of torch.cat(conv, conv) written in forward (no timm)."""
+    """F.batch_norm of torch.cat(pool(conv), conv) written in forward (no timm; timm's DenseNet
+    joins its stem's max pool)."""
 
     def __init__(self):
         super().__init__()
@@ -165,16 +166,18 @@ class FunctionalBatchNormAfterCat(nn.Module):
         self.weight, self.bias = nn.Parameter(ref.weight.detach().clone()), nn.Parameter(ref.bias.detach().clone())
         self.register_buffer("mean", ref.running_mean.clone())
         self.register_buffer("var", ref.running_var.clone())
+        self.pool = nn.MaxPool2d(3, 1, 1)
         self.conv = nn.Conv2d(8, 4, 1)
 
     def forward(self, x):
-        y = torch.cat([self.conv_a(x), self.conv_b(x)], 1)
+        y = torch.cat([self.pool(self.conv_a(x)), self.conv_b(x)], 1)
         y = torch.nn.functional.batch_norm(y, self.mean, self.var, self.weight, self.bias, False, 0.1, 1e-5)
         return self.conv(torch.relu(y))
 
 
 def test_functional_batch_norm_after_a_cat_becomes_a_module_keeping_the_output():
-    # prepare_model finds the rank through the cat (every joined tensor has the output's rank).
+    # prepare_model finds the rank through the cat (every joined tensor has the output's rank)
+    # and the pool (which keeps its input's rank).
     for model in (BatchNormActAfterConcat(), FunctionalBatchNormAfterCat()):
         model = model.eval().double()
         x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))

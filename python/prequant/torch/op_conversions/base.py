@@ -89,10 +89,13 @@ METADATA_ATTRIBUTES = frozenset(
 _SCALAR_MODULES = frozenset({"_operator", "operator", "math", "builtins"})
 
 # Single-input modules that keep the rank of their input (used to find the rank of a
-# functional batch_norm's input from the conv before it).
+# functional batch_norm's input from the conv before it). Pooling keeps it too, batched or not
+# (timm's DenseNet: conv → BN → ReLU → MaxPool → cat → F.batch_norm).
 _RANK_PRESERVING = (
     nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SiLU, nn.Hardswish,
     nn.Hardsigmoid, nn.GELU, nn.Mish, nn.Sigmoid, nn.Tanh, nn.Identity, nn.modules.dropout._DropoutNd,
+    nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
 )
 
 
