@@ -8,7 +8,10 @@ per-tensor (private ``_experimental_disable_per_channel``); SQNR of the logits a
 original Keras model's on 24 other inputs. Rows: the original, equalize_model with gated off
 (batch norms folded; nothing scaled through the activations), and with gated on.
 
-    PYTHONPATH=python python bench/keras_gated_tflite_int8.py [swish hard_swish gelu]
+    PYTHONPATH=python python bench/keras_gated_tflite_int8.py [--seed N] [swish hard_swish gelu]
+
+``--seed N`` draws another model (Keras seed N, kernels seed N, BN statistics seed N + 1) for a
+second look at the same stack; without it, the table's model (seeds 3, 0, 1).
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from test_keras_gated_activations import _randomize_kernels  # noqa: E402
 from prequant.keras.cross_layer_equalization import equalize_model  # noqa: E402
 
 
-def model(act: str) -> keras.Model:
-    keras.utils.set_random_seed(3)
+def model(act: str, seed: int | None = None) -> keras.Model:
+    keras.utils.set_random_seed(3 if seed is None else seed)
     inputs = keras.Input((12, 12, 3))
     x = inputs
     for c in (16, 16, 24):
@@ -37,7 +40,8 @@ def model(act: str) -> keras.Model:
         x = L.Activation(act)(L.BatchNormalization()(L.DepthwiseConv2D(3, padding="same")(x)))
     x = L.Conv2D(10, 1)(x)
     outputs = L.Dense(5)(L.GlobalAveragePooling2D()(x))
-    return randomize_batch_norms(_randomize_kernels(keras.Model(inputs, outputs)), seed=1)
+    kernel_seed, bn_seed = (0, 1) if seed is None else (seed, seed + 1)
+    return randomize_batch_norms(_randomize_kernels(keras.Model(inputs, outputs), seed=kernel_seed), seed=bn_seed)
 
 
 def sqnr_int8(m, data, ref, per_tensor: bool) -> float:
@@ -60,11 +64,14 @@ def sqnr_int8(m, data, ref, per_tensor: bool) -> float:
 
 
 def main() -> None:
+    args, seed = sys.argv[1:], None
+    if args[:1] == ["--seed"]:
+        seed, args = int(args[1]), args[2:]
     data = np.random.default_rng(0).normal(0, 1, (48, 12, 12, 3)).astype("float32")
     print("| activation | variant | INT8 per-channel | INT8 per-tensor |")
     print("|---|---|---:|---:|")
-    for act in sys.argv[1:] or ["swish", "hard_swish", "gelu"]:
-        m = model(act)
+    for act in args or ["swish", "hard_swish", "gelu"]:
+        m = model(act, seed)
         ref = m.predict(data[24:], verbose=0)
         variants = [("original", m), ("equalized, gated off", equalize_model(m)),
                     ("equalized, gated on", equalize_model(m, gated_activations=True))]

@@ -6,8 +6,9 @@ After:  with ``gated_activations=True`` each one scaled through becomes a ``Gate
         computing x·g(s[c]·x); the equalized model's output equals Keras' own forward pass of
         the original, on realistic values (random BN statistics, negative gamma, depthwise, a
         Dense on a rank-4 tensor). The layer saves and reloads as .keras, converts with the
-        TFLite converter to builtin ops (LOGISTIC, HARD_SWISH, GELU, MUL), and a tf_keras model
-        goes through the same translation (TFKerasGatedActivation).
+        TFLite converter to builtin ops (DEPTHWISE_CONV_2D for the per-channel factors, LOGISTIC,
+        GELU, MUL), whose INT8 form quantizes every per-channel factor per channel (none rounds
+        to zero), and a tf_keras model goes through the same translation (TFKerasGatedActivation).
 """
 
 from __future__ import annotations
@@ -62,17 +63,35 @@ def _assert_close(a, b, tol=1e-5):
     assert np.max(np.abs(a - b)) <= tol * np.max(np.abs(b)), np.max(np.abs(a - b))
 
 
-@pytest.mark.parametrize("gate,reference", [
+GATES = [
     ("sigmoid", keras.activations.silu),
     ("hard_sigmoid", keras.activations.hard_silu),
     ("gelu_erf", keras.activations.gelu),
     ("gelu_tanh", GELU_TANH),
-])
-def test_gated_activation_is_x_times_gate_of_scaled_x(gate, reference):
-    scale = np.array([0.05, 0.5, 1.0, 3.0, 40.0], "float32")
-    x = _x((3, 4, 5))
-    got = GatedActivation(gate, scale)(x)
-    want = np.asarray(reference(x * scale)) / scale  # act(s·x)/s = x·g(s·x)
+]
+# rank 4 and the ranks that get unit axes for the depthwise form, and rank 5 (elementwise)
+SHAPES = [(3, 4, 5, 5), (3, 5), (3, 4, 5), (2, 3, 2, 2, 5)]
+SCALES = np.array([0.05, 0.5, 1.0, 3.0, 40.0], "float32")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"rank{len(s)}")
+@pytest.mark.parametrize("gate,reference", GATES)
+def test_gated_activation_is_x_times_gate_of_scaled_x(gate, reference, shape):
+    x = _x(shape)
+    got = GatedActivation(gate, SCALES)(x)
+    want = np.asarray(reference(x * SCALES)) / SCALES  # act(s·x)/s = x·g(s·x)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"rank{len(s)}")
+@pytest.mark.parametrize("gate,reference", GATES)
+def test_tf_keras_twin_is_x_times_gate_of_scaled_x(gate, reference, shape):
+    pytest.importorskip("tf_keras")
+    from prequant.keras._tf_keras_bridge import TFKerasGatedActivation
+
+    x = _x(shape)
+    got = TFKerasGatedActivation(gate, SCALES)(x)
+    want = np.asarray(reference(x * SCALES)) / SCALES
     np.testing.assert_allclose(np.asarray(got), want, rtol=2e-5, atol=1e-6)
 
 
@@ -138,18 +157,58 @@ def test_gated_model_saves_and_reloads(tmp_path):
 def test_gated_model_converts_to_builtin_tflite_ops():
     import tensorflow as tf
 
+    from prequant.demo._tflite import ops_with_fused_activation
+
     model = _model()
     new = equalize_model(model, gated_activations=True)
-    interpreter = tf.lite.Interpreter(model_content=tf.lite.TFLiteConverter.from_keras_model(new).convert())
+    content = tf.lite.TFLiteConverter.from_keras_model(new).convert()
+    ops = ops_with_fused_activation(content)
+    names = [name for name, _ in ops]
+    assert {"LOGISTIC", "GELU", "MUL", "DEPTHWISE_CONV_2D"} <= set(names), names
+    assert not any(op.startswith("Flex") or op == "CUSTOM" for op in names), names
+    # the gated HardSwish's dw_s(x) + 3 carries its ReLU6 fused (besides the model's own depthwise)
+    assert ("DEPTHWISE_CONV_2D", "RELU6") in ops, ops
+    interpreter = tf.lite.Interpreter(model_content=content)
     interpreter.allocate_tensors()
-    ops = [op["op_name"] for op in interpreter._get_ops_details()]
-    assert {"LOGISTIC", "HARD_SWISH", "GELU"} <= set(ops), ops
-    assert not any(op.startswith("Flex") or op == "CUSTOM" for op in ops), ops
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     x = _x((1, 10, 10, 3))
     interpreter.set_tensor(inp["index"], x)
     interpreter.invoke()
     _assert_close(interpreter.get_tensor(out["index"]), model.predict(x, verbose=0), tol=1e-4)
+
+
+@pytest.mark.parametrize("gate,reference", GATES[:3])
+def test_int8_tflite_quantizes_every_gate_factor_per_channel(gate, reference):
+    """Gate scales over three decades: in the full-integer model every per-channel factor (s, 1/s,
+    1/6) is a depthwise kernel with a scale per channel, so each dequantizes to within 1% of its
+    value (a constant MUL operand gets one scale: 0.05 and 1/40 rounded to zero). With a gate in
+    [0, 1] (SiLU, HardSwish) no channel's output collapses either; GELU's gelu(s·x) is one int8
+    tensor whose channels span the ranges of s·x (the original model's activation ranges), so its
+    output is checked in the FP32 and bench tests, not per channel here."""
+    import tensorflow as tf
+
+    from prequant.demo._tflite import convert_int8, run_tflite
+
+    inputs = keras.Input((6, 6, SCALES.size))
+    model = keras.Model(inputs, GatedActivation(gate, SCALES)(inputs))
+    rng = np.random.default_rng(0)
+    calibration, x = (rng.normal(0, 1, (n, 6, 6, SCALES.size)).astype("float32") for n in (16, 8))
+    content = convert_int8(model, calibration)
+    interpreter = tf.lite.Interpreter(model_content=content)
+    factors = []
+    for t in interpreter.get_tensor_details():
+        if t["dtype"] == np.int8 and tuple(t["shape"]) == (1, 1, 1, SCALES.size):
+            q = t["quantization_parameters"]
+            factors.append(interpreter.get_tensor(t["index"]).reshape(-1) * q["scales"])
+    expected = {"sigmoid": [SCALES], "hard_sigmoid": [SCALES, np.full(SCALES.size, 1 / 6)],
+                "gelu_erf": [SCALES, 1 / SCALES]}[gate]
+    assert len(factors) == len(expected), len(factors)
+    for want in expected:
+        assert any(np.allclose(f, want, rtol=1e-2, atol=0) for f in factors), (want, factors)
+    if gate != "gelu_erf":
+        y, want = run_tflite(content, x), np.asarray(reference(x * SCALES)) / SCALES
+        err = np.sum((y - want) ** 2, axis=(0, 1, 2)) / np.sum(want ** 2, axis=(0, 1, 2))
+        assert (10 * np.log10(1 / err) > 15).all(), 10 * np.log10(1 / err)  # SQNR per channel
 
 
 def test_tf_keras_model_goes_through_the_same_translation():

@@ -392,3 +392,22 @@ def test_tf_keras_refusals_say_the_fix():
         prepare_model(model, input_layer=keras.Input((12, 12, 8)))
     with pytest.raises(prequant.UnsupportedError, match="prepare_model"):  # CLE needs a functional model
         equalize_model(model)
+
+
+def test_tf_keras_interception_is_removed_after_success_and_failure():
+    """The tf_keras tracer swaps tf_keras' Layer/Model.__call__ only while it runs (the swap and the
+    copy/opaque/shared bookkeeping are the Keras 3 tracer's, _tracer_core), and never Keras 3's."""
+    import keras
+    from tf_keras.src.engine import base_layer, training
+
+    from prequant.keras import _tf_keras_prepare as tracer_module
+
+    layer_call, model_call = base_layer.Layer.__call__, training.Model.__call__
+    keras3_call = keras.layers.Layer.__call__
+    model = _with_own_weights()
+    prepare_model(model)
+    with pytest.raises(PrepareError):
+        prepare_model(model, strict=True)
+    assert base_layer.Layer.__call__ is layer_call and training.Model.__call__ is model_call
+    assert keras.layers.Layer.__call__ is keras3_call
+    assert getattr(tracer_module._state, "tracer", None) is None

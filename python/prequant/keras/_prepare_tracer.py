@@ -24,6 +24,9 @@ How (Keras 3, TensorFlow backend):
   reaches them) get a ConstantLayer input, so the layer stays a layer with its weights.
 - Built-in layers, generated layers and opaque layers are called "through": Keras' own
   __call__ runs them, with interception off, and records their node.
+- How a layer enters the new graph (a copy per use, a whole opaque copy, the shared original),
+  its unique name and its record are _tracer_core.TracerCore's, shared with the tf_keras
+  tracer (_tf_keras_prepare); this module supplies the Keras 3 hooks and the op handling.
 
 The only Python recursion is through the user's own call() bodies (a nested custom layer's
 call() runs inside its parent's), as deep as the model's own forward pass; graph models are
@@ -32,9 +35,6 @@ expanded with an explicit stack (_prepare_graph).
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import re
 import threading
 
 import keras
@@ -48,7 +48,7 @@ try:  # raw TensorFlow functions can only appear with TensorFlow installed
 except ImportError:  # pragma: no cover - other Keras backends
     tf = None
 
-from ._prepare_errors import NeedsOpaque, PrepareError
+from ._prepare_errors import NeedsOpaque
 from ._prepare_generated_layers import (
     ConstantLayer,
     KerasOpLayer,
@@ -68,6 +68,7 @@ from ._prepare_op_mapping import (
     identity_operand,
     keras_equivalent_of_tf_call,
 )
+from ._tracer_core import MethodSwap, TracerCore, first_line
 
 _Layer = keras.layers.Layer
 _Operation = keras.Operation
@@ -78,8 +79,6 @@ _ORIGINAL_SYMBOLIC_CALL = _Operation.__dict__["symbolic_call"]
 _ORIGINAL_VARIABLE_VALUE = _Variable.__dict__["value"]
 
 _thread_state = threading.local()
-_install_lock = threading.Lock()
-_install_count = 0
 _tf_dispatcher = None
 
 
@@ -140,41 +139,17 @@ def _ensure_tf_dispatcher():
     _tf_dispatcher.register()
 
 
-@contextlib.contextmanager
-def _interception_installed():
-    global _install_count
-    with _install_lock:
-        if _install_count == 0:
-            _Layer.__call__ = _intercepted_layer_call
-            _Operation.symbolic_call = _intercepted_symbolic_call
-            _Variable.value = _GUARDED_VARIABLE_VALUE
-        _install_count += 1
-    try:
-        yield
-    finally:
-        with _install_lock:
-            _install_count -= 1
-            if _install_count == 0:
-                _Layer.__call__ = _ORIGINAL_LAYER_CALL
-                _Operation.symbolic_call = _ORIGINAL_SYMBOLIC_CALL
-                _Variable.value = _ORIGINAL_VARIABLE_VALUE
+_INTERCEPTION = MethodSwap([
+    (_Layer, "__call__", _intercepted_layer_call),
+    (_Operation, "symbolic_call", _intercepted_symbolic_call),
+    (_Variable, "value", _GUARDED_VARIABLE_VALUE),
+])
 
 
 # --- the tracer ---------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class LayerOrigin:
-    """Where one layer of the prepared model came from."""
-
-    layer: object
-    kind: str  # copy | unrolled | opaque | shared | op | constant
-    source: str
-    note: str = ""
-    weight_pairs: list = dataclasses.field(default_factory=list)  # (original var, new var)
-
-
-class Tracer:
+class Tracer(TracerCore):
     """Builds the new graph; one instance per prepare_model call.
 
     Args:
@@ -183,38 +158,42 @@ class Tracer:
         reserved_names: layer names already taken (the new Input layers).
     """
 
+    _thread_state = _thread_state
+    _interception = _INTERCEPTION
+    _STRICT_FIX = ("write call() with layers, keras.ops or TensorFlow functions on its "
+                   "inputs only (no Python branching on tensor values), or call "
+                   "prepare_model(strict=False) to keep this layer whole.")
+    _WHOLE_CALL_FIX = ("check that input_layer has the structure (one keras.Input, a list or a dict, as "
+                       "call() reads its inputs), shape and dtype the model expects.")
+
     def __init__(self, anchor, *, strict: bool, reserved_names=()):
+        super().__init__(strict=strict, reserved_names=reserved_names)
         self.anchor = anchor
-        self.strict = strict
-        self.passthrough_depth = 0
-        self.origins: dict[int, LayerOrigin] = {}
-        self.warnings: list[str] = []
-        self._uses: dict[int, int] = {}
-        self._names = set(reserved_names)
-        self._shared_ids: set[int] = set()
         self.given_inputs = None  # the Inputs a subclassed model was given as a list (bind_by_name)
-        self.unsavable: dict[str, str] = {}  # layer kept as the original object -> why saving fails
 
-    @contextlib.contextmanager
-    def active(self):
-        if _active_tracer() is not None:
-            raise PrepareError("prepare_model is already running in this thread")
+    # -- hooks of TracerCore ------------------------------------------------------------
+
+    def _before_activate(self):
         _ensure_tf_dispatcher()
-        _thread_state.tracer = self
-        try:
-            with _interception_installed():
-                yield self
-        finally:
-            _thread_state.tracer = None
 
-    @contextlib.contextmanager
-    def _calling_through(self):
-        """Let Keras run a layer itself: no interception inside it."""
-        self.passthrough_depth += 1
-        try:
-            yield
-        finally:
-            self.passthrough_depth -= 1
+    def _clone(self, layer, name):
+        return clone_layer(layer, name)
+
+    def _copy_weights(self, layer, new):
+        return copy_weights(layer, new)
+
+    def _inference_kwargs(self, layer, kwargs):
+        kwargs = dict(kwargs)
+        if getattr(layer, "_call_has_training_arg", False) and kwargs.get("training") is None:
+            kwargs["training"] = False  # what Keras passes a layer in inference
+        return kwargs
+
+    def _finish_trace(self, outputs):
+        return self.symbolize_outputs(outputs)
+
+    def _shared_warning(self, layer, note):
+        self.unsavable[layer.name] = _save_failure(layer)
+        return f"layer '{layer.name}': {note}. {self.unsavable[layer.name]}"
 
     # -- entry points -------------------------------------------------------------------
 
@@ -283,116 +262,6 @@ class Tracer:
         """Concrete tensors among a call's outputs become ConstantLayer outputs."""
         return self._symbolize_constants((outputs,), {})[0][0]
 
-    # -- the three ways a layer enters the graph ------------------------------------------
-
-    def _call_copy(self, layer, args, kwargs):
-        """A built-in layer: a fresh copy per use, weights copied."""
-        name = self._name_for_use(layer)
-        kind = "copy" if self._uses[id(layer)] == 1 else "unrolled"
-        try:
-            new = clone_layer(layer, name)
-        except Exception as err:  # a config that does not round-trip: keep the object
-            self._names.discard(name)
-            return self._call_shared(layer, args, kwargs, kind="shared",
-                                     note=f"could not be copied ({_first_line(err)})")
-        try:
-            with self._calling_through():
-                outputs = new(*args, **kwargs)
-        except Exception as err:
-            raise PrepareError(
-                f"calling its copy on the traced inputs failed: {_first_line(err)}",
-                layer_name=layer.name,
-                fix="check that input_layer has the shape and dtype the model was built for.",
-            ) from err
-        with self._calling_through():
-            pairs = copy_weights(layer, new)
-        note = "" if kind == "copy" else f"use {self._uses[id(layer)]} of a reused layer"
-        self._record(new, kind, _layer_source(layer), note, pairs)
-        return outputs
-
-    def _call_opaque(self, layer, args, kwargs, reason):
-        """A custom layer kept whole: a copy (from its config) with all its weights."""
-        name = self._name_for_use(layer)
-        try:
-            new = clone_layer(layer, name)
-            with self._calling_through():
-                outputs = new(*args, **kwargs)
-                pairs = copy_weights(layer, new)
-        except Exception as err:
-            self._names.discard(name)
-            return self._call_shared(
-                layer, args, kwargs, kind="opaque",
-                note=f"{reason}; could not be copied ({_first_line(err)}), so the prepared "
-                "model shares this layer object with the original")
-        self._record(new, "opaque", _layer_source(layer), reason, pairs)
-        return outputs
-
-    def _call_shared(self, layer, args, kwargs, *, kind, note):
-        """Last resort: the original layer object itself becomes part of the new graph."""
-        if id(layer) not in self._shared_ids:
-            if layer.name in self._names:
-                raise PrepareError(
-                    f"{note}, and its name is already taken in the prepared model",
-                    layer_name=layer.name,
-                    fix="give the layer a unique name or a get_config() that round-trips.")
-            self._names.add(layer.name)
-            self._shared_ids.add(id(layer))
-        try:
-            with self._calling_through():
-                outputs = layer(*args, **kwargs)
-        except Exception as err:
-            raise PrepareError(
-                f"{note}; and calling it whole on the traced inputs failed: {_first_line(err)}",
-                layer_name=layer.name,
-                fix="check that input_layer has the structure (one keras.Input, a list or a dict, as "
-                "call() reads its inputs), shape and dtype the model expects.",
-            ) from err
-        self._record(layer, kind, _layer_source(layer), note,
-                     [(w, w) for w in layer.weights])
-        self.unsavable[layer.name] = _save_failure(layer)
-        self.warnings.append(f"layer '{layer.name}': {note}. {self.unsavable[layer.name]}")
-        return outputs
-
-    def _trace_custom(self, layer, args, kwargs):
-        """A custom layer of layers: run its call() on KerasTensors, sublayer by sublayer."""
-        call_kwargs = dict(kwargs)
-        if getattr(layer, "_call_has_training_arg", False) and call_kwargs.get("training") is None:
-            call_kwargs["training"] = False  # what Keras passes a layer in inference
-        reason = None
-        before = self._bookkeeping()
-        try:
-            outputs = layer.call(*args, **call_kwargs)
-            outputs = self.symbolize_outputs(outputs)
-        except NeedsOpaque as err:
-            reason = err.reason
-        except PrepareError:
-            raise
-        except Exception as err:
-            reason = f"its call() cannot be traced on symbolic tensors ({_first_line(err)})"
-        if reason is None:
-            return outputs
-        # What the abandoned trace created stays out of the graph; forget its names and uses.
-        self._restore_bookkeeping(before)
-        if self.strict:
-            raise PrepareError(
-                reason, layer_name=layer.name,
-                fix="write call() with layers, keras.ops or TensorFlow functions on its "
-                "inputs only (no Python branching on tensor values), or call "
-                "prepare_model(strict=False) to keep this layer whole.")
-        self.warnings.append(f"layer '{layer.name}' kept opaque: {reason}")
-        return self._call_opaque(layer, args, kwargs, reason)
-
-    # -- helpers ------------------------------------------------------------------------
-
-    def _bookkeeping(self):
-        return (dict(self._uses), set(self._names), set(self._shared_ids), dict(self.unsavable),
-                len(self.warnings))
-
-    def _restore_bookkeeping(self, saved):
-        uses, names, shared_ids, unsavable, warning_count = saved
-        self._uses, self._names, self._shared_ids, self.unsavable = uses, names, shared_ids, unsavable
-        del self.warnings[warning_count:]
-
     def _symbolize_constants(self, args, kwargs):
         """Concrete tensors in arguments become ConstantLayer outputs; variables stop the trace."""
 
@@ -420,23 +289,6 @@ class Tracer:
         self._record(layer, "constant", f"constant of shape {array.shape}, dtype {array.dtype}")
         return outputs
 
-    def _record(self, layer, kind, source, note="", pairs=()):
-        self.origins[id(layer)] = LayerOrigin(layer, kind, source, note, list(pairs))
-
-    def _name_for_use(self, layer) -> str:
-        uses = self._uses.get(id(layer), 0) + 1
-        self._uses[id(layer)] = uses
-        return self._unique_name(layer.name if uses == 1 else f"{layer.name}_use{uses}")
-
-    def _unique_name(self, base: str) -> str:
-        base = base.replace("/", "_")
-        name, suffix = base, 1
-        while name in self._names:
-            name = f"{base}_{suffix}"
-            suffix += 1
-        self._names.add(name)
-        return name
-
 
 def _save_failure(layer) -> str:
     """What goes wrong when a model holding ``layer`` (whose config did not round-trip) is
@@ -445,7 +297,7 @@ def _save_failure(layer) -> str:
         layer.get_config()
     except Exception as err:
         return (f"Saving the prepared model (model.save) will fail: {type(layer).__name__}.get_config() "
-                f"raises ({_first_line(err)}); give the class a get_config() that returns its "
+                f"raises ({first_line(err)}); give the class a get_config() that returns its "
                 f"constructor arguments")
     return (f"The prepared model saves, but will not load back: {type(layer).__name__} cannot be "
             f"rebuilt from its own get_config(); give the class a get_config() that returns its "
@@ -458,18 +310,3 @@ def _is_variable(value) -> bool:
 
 def _is_concrete_tensor(value) -> bool:
     return not isinstance(value, keras.KerasTensor) and keras.ops.is_tensor(value)
-
-
-def _layer_source(layer) -> str:
-    return f"{layer.name} ({type(layer).__name__})"
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _first_line(err) -> str:
-    """The first line that says what went wrong: Keras wraps an error raised in call() as
-    "Exception encountered when calling X.call().", then the real message on a line of its own."""
-    lines = [line.strip() for line in _ANSI.sub("", str(err)).splitlines()]
-    lines = [line for line in lines if line and not line.startswith("Exception encountered when calling")]
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__

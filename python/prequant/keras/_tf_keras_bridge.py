@@ -63,10 +63,26 @@ class TFKerasBoundedReLU(tf_keras.layers.Layer):
         return config
 
 
+def _scale_channels(x, factors, bias=None):
+    """x[..., c]·factors[c] (+ bias) as a 1×1 depthwise convolution, as the Keras 3 layer's helper
+    (prequant.keras.activations._scale_channels) writes it; rank 2 to 4, other ranks multiply."""
+    rank = x.shape.rank
+    if rank not in (2, 3, 4):
+        y = x * factors
+        return y if bias is None else y + bias
+    x4 = x if rank == 4 else (x[:, None] if rank == 3 else x[:, None, None])
+    y = tf.nn.depthwise_conv2d(x4, tf.reshape(factors, (1, 1, -1, 1)), strides=(1, 1, 1, 1), padding="VALID")
+    if bias is not None:
+        y = y + bias
+    return y if rank == 4 else tf.squeeze(y, (1,) if rank == 3 else (1, 2))
+
+
 @tf_keras.saving.register_keras_serializable(package="prequant")
 class TFKerasGatedActivation(tf_keras.layers.Layer):
     """tf_keras twin of prequant.keras.GatedActivation: x·g(s[c]·x), channel axis last, written
-    as the Keras 3 layer is (x·sigmoid(s·x); hard_swish(s·x)/s; gelu(s·x)/s) for the converter."""
+    as the Keras 3 layer is (per-channel factors as 1×1 depthwise convolutions, which the TFLite
+    converter quantizes per channel): x·sigmoid(dw_s(x)); dw_{1/6}(x)·relu6(dw_s(x) + 3);
+    dw_{1/s}(gelu(dw_s(x)))."""
 
     def __init__(self, gate, gate_scale, **kwargs):
         super().__init__(**kwargs)
@@ -78,14 +94,13 @@ class TFKerasGatedActivation(tf_keras.layers.Layer):
 
     def call(self, inputs):
         scale = tf.cast(self.gate_scale, inputs.dtype)
-        z = inputs * scale
         if self.gate == "sigmoid":
-            return inputs * tf.sigmoid(z)
+            return inputs * tf.sigmoid(_scale_channels(inputs, scale))
         if self.gate == "hard_sigmoid":
-            y = z * tf.nn.relu6(z + 3.0) * (1.0 / 6.0)
-        else:
-            y = tf.nn.gelu(z, approximate=self.gate == "gelu_tanh")
-        return y * (1.0 / scale)
+            gate6 = tf.nn.relu6(_scale_channels(inputs, scale, bias=3.0))
+            return _scale_channels(inputs, tf.fill(tf.shape(scale), tf.cast(1.0 / 6.0, scale.dtype))) * gate6
+        z = _scale_channels(inputs, scale)
+        return _scale_channels(tf.nn.gelu(z, approximate=self.gate == "gelu_tanh"), 1.0 / scale)
 
     def get_config(self):
         config = super().get_config()

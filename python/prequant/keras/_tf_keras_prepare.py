@@ -24,13 +24,15 @@ they call is replaced by a fresh copy called through tf_keras' own ``__call__``,
 node. Raw TF ops on KerasTensors become TFOpLambda layers by tf_keras' own dispatch; they reach
 the interceptor like any layer call and are mapped there. Python recursion follows only the
 user's own nesting (a custom layer's call() inside its parent's), as the model's forward pass does.
+How a layer enters the new graph (a copy per use, a whole opaque copy, the shared original), its
+unique name and its record are _tracer_core.TracerCore's, shared with the Keras 3 tracer
+(_prepare_tracer); this module supplies the tf_keras hooks, graph models and TF-op mapping.
 
 Imported only for a tf_keras model: importing it imports tf_keras.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import threading
 
@@ -44,13 +46,12 @@ from tf_keras.src.layers.core.tf_op_layer import TFOpLambda as _TFOpLambda
 
 from ._prepare_errors import NeedsOpaque, PrepareError
 from ._prepare_report import LayerRecord, PrepareReport, account_variables
+from ._tracer_core import MethodSwap, TracerCore, first_line
 
 _L = tf_keras.layers
 _ORIGINAL_LAYER_CALL = _base_layer.Layer.__call__
 _ORIGINAL_MODEL_CALL = _training.Model.__call__
 _state = threading.local()
-_install_lock = threading.Lock()
-_install_count = 0
 
 _NEEDS_INPUT_FIX = (
     "pass input_layer=tf_keras.Input(shape=...) with the model's input shape (without the batch "
@@ -137,67 +138,30 @@ def _intercepting(original):
 
     def intercepted_call(layer, *args, **kwargs):
         tracer = getattr(_state, "tracer", None)
-        if tracer is None or tracer.passthrough:
+        if tracer is None or tracer.passthrough_depth:
             return original(layer, *args, **kwargs)
         return tracer.call_layer(layer, args, kwargs)
 
     return intercepted_call
 
 
-_INTERCEPTED_LAYER_CALL = _intercepting(_ORIGINAL_LAYER_CALL)
-_INTERCEPTED_MODEL_CALL = _intercepting(_ORIGINAL_MODEL_CALL)
-
-
-@contextlib.contextmanager
-def _interception_installed():
-    global _install_count
-    with _install_lock:
-        if _install_count == 0:
-            _base_layer.Layer.__call__ = _INTERCEPTED_LAYER_CALL
-            _training.Model.__call__ = _INTERCEPTED_MODEL_CALL
-        _install_count += 1
-    try:
-        yield
-    finally:
-        with _install_lock:
-            _install_count -= 1
-            if _install_count == 0:
-                _base_layer.Layer.__call__ = _ORIGINAL_LAYER_CALL
-                _training.Model.__call__ = _ORIGINAL_MODEL_CALL
+_INTERCEPTION = MethodSwap([
+    (_base_layer.Layer, "__call__", _intercepting(_ORIGINAL_LAYER_CALL)),
+    (_training.Model, "__call__", _intercepting(_ORIGINAL_MODEL_CALL)),
+])
 
 
 # ---- the tracer -----------------------------------------------------------------------------
 
-class TFKerasTracer:
+class TFKerasTracer(TracerCore):
     """Builds the new graph; one instance per prepare_model call."""
 
-    def __init__(self, *, strict: bool, reserved_names=()):
-        self.strict = strict
-        self.passthrough = 0
-        self.records: dict[int, tuple] = {}  # id(new layer) -> (kind, source, note, pairs)
-        self.warnings: list[str] = []
-        self._uses: dict[int, int] = {}
-        self._names = set(reserved_names)
-        self._shared: set[int] = set()
-
-    @contextlib.contextmanager
-    def active(self):
-        if getattr(_state, "tracer", None) is not None:
-            raise PrepareError("prepare_model is already running in this thread")
-        _state.tracer = self
-        try:
-            with _interception_installed():
-                yield self
-        finally:
-            _state.tracer = None
-
-    @contextlib.contextmanager
-    def _through(self):
-        self.passthrough += 1
-        try:
-            yield
-        finally:
-            self.passthrough -= 1
+    _thread_state = _state
+    _interception = _INTERCEPTION
+    _STRICT_FIX = ("tfmot cannot quantize a custom layer without a QuantizeConfig: write its call() "
+                   "with built-in sublayers (its weights in e.g. a Dense or Conv2D) and TF ops on its "
+                   "inputs only, or call prepare_model(strict=False) to keep this layer whole and "
+                   "annotate it with tfmot.quantization.keras.quantize_annotate_layer(layer, quantize_config).")
 
     def call_layer(self, layer, args, kwargs):
         if _is_graph_model(layer) and not own_weights(layer):
@@ -210,112 +174,42 @@ class TFKerasTracer:
             return self._call_copy(layer, args, kwargs)
         if own_weights(layer):
             names = ", ".join(w.name for w in own_weights(layer))
-            return self._call_opaque(layer, args, kwargs,
+            return self._keep_opaque(layer, args, kwargs,
                                      f"has weights of its own ({names}) used directly in call(); kept whole")
         return self._trace_custom(layer, args, kwargs)
 
     def _call_mapped_op(self, layer, args, kwargs):
         kwargs = {k: v for k, v in kwargs.items() if not (k == "name" and v is None)}
-        mapped = builtin_layer_for_op(layer.function, args, kwargs, self._unique(_op_name(layer)))
+        mapped = builtin_layer_for_op(layer.function, args, kwargs, self._unique_name(_op_name(layer)))
         if mapped is None:
             return None
         new, inputs = mapped
         try:
-            with self._through():
+            with self._calling_through():
                 outputs = new(inputs)
         except Exception:  # the merge layer refuses these shapes: keep the TFOpLambda
             self._names.discard(new.name)
             return None
-        self.records[id(new)] = ("op", f"tf.{layer.symbol or layer.function.__name__}", "", [])
+        self._record(new, "op", f"tf.{layer.symbol or layer.function.__name__}")
         return outputs
 
-    def _call_copy(self, layer, args, kwargs):
-        name = self._name_for_use(layer)
-        uses = self._uses[id(layer)]
-        try:
-            config = layer.get_config()
-            config["name"] = name
-            new = type(layer).from_config(config)
-        except Exception as err:
-            self._names.discard(name)
-            return self._call_shared(layer, args, kwargs, "shared", f"could not be copied ({_first_line(err)})")
-        with self._through():
-            outputs = new(*args, **kwargs)
-            pairs = _copy_weights(layer, new)
-        note = "" if uses == 1 else f"use {uses} of a reused layer"
-        self.records[id(new)] = ("copy" if uses == 1 else "unrolled", _source(layer), note, pairs)
+    # -- hooks of TracerCore ------------------------------------------------------------
+
+    def _clone(self, layer, name):
+        config = layer.get_config()
+        config["name"] = name
+        return type(layer).from_config(config)
+
+    def _copy_weights(self, layer, new):
+        return _copy_weights(layer, new)
+
+    def _inference_kwargs(self, layer, kwargs):
+        return _inference(layer, kwargs)
+
+    def _finish_trace(self, outputs):
+        if not all(isinstance(t, _KerasTensor) for t in tf.nest.flatten(outputs)):
+            raise NeedsOpaque("its call() returns something other than symbolic tensors")
         return outputs
-
-    def _call_opaque(self, layer, args, kwargs, reason):
-        if self.strict:
-            raise PrepareError(
-                reason, layer_name=layer.name,
-                fix="tfmot cannot quantize a custom layer without a QuantizeConfig: write its call() "
-                "with built-in sublayers (its weights in e.g. a Dense or Conv2D) and TF ops on its "
-                "inputs only, or call prepare_model(strict=False) to keep this layer whole and "
-                "annotate it with tfmot.quantization.keras.quantize_annotate_layer(layer, quantize_config).")
-        self.warnings.append(f"layer '{layer.name}' kept opaque: {reason}")
-        name = self._name_for_use(layer)
-        try:
-            config = layer.get_config()
-            config["name"] = name
-            new = type(layer).from_config(config)
-            with self._through():
-                outputs = new(*args, **kwargs)
-                pairs = _copy_weights(layer, new)
-        except Exception as err:
-            self._names.discard(name)
-            return self._call_shared(layer, args, kwargs, "opaque",
-                                     f"{reason}; could not be copied ({_first_line(err)}), so the "
-                                     "prepared model shares this layer object with the original")
-        self.records[id(new)] = ("opaque", _source(layer), reason, pairs)
-        return outputs
-
-    def _call_shared(self, layer, args, kwargs, kind, note):
-        if id(layer) not in self._shared:
-            if layer.name in self._names:
-                raise PrepareError(f"{note}, and its name is already taken in the prepared model",
-                                   layer_name=layer.name,
-                                   fix="give the layer a unique name or a get_config() that round-trips.")
-            self._names.add(layer.name)
-            self._shared.add(id(layer))
-        with self._through():
-            outputs = layer(*args, **kwargs)
-        self.records[id(layer)] = (kind, _source(layer), note, [(w, w) for w in layer.weights])
-        self.warnings.append(f"layer '{layer.name}': {note}")
-        return outputs
-
-    def _trace_custom(self, layer, args, kwargs):
-        """A custom layer of layers: run its call() on KerasTensors, sublayer by sublayer."""
-        saved = (dict(self._uses), set(self._names), set(self._shared), len(self.warnings))
-        try:
-            outputs = layer.call(*args, **_inference(layer, kwargs))
-            if not all(isinstance(t, _KerasTensor) for t in tf.nest.flatten(outputs)):
-                raise NeedsOpaque("its call() returns something other than symbolic tensors")
-            return outputs
-        except NeedsOpaque as err:
-            reason = err.reason
-        except PrepareError:
-            raise
-        except Exception as err:
-            reason = f"its call() cannot run on symbolic tensors ({_first_line(err)})"
-        self._uses, self._names, self._shared = saved[0], saved[1], saved[2]
-        del self.warnings[saved[3]:]
-        return self._call_opaque(layer, args, kwargs, reason)
-
-    def _name_for_use(self, layer) -> str:
-        uses = self._uses.get(id(layer), 0) + 1
-        self._uses[id(layer)] = uses
-        return self._unique(layer.name if uses == 1 else f"{layer.name}_use{uses}")
-
-    def _unique(self, base: str) -> str:
-        base = base.replace("/", "_")
-        name, suffix = base, 1
-        while name in self._names:
-            name = f"{base}_{suffix}"
-            suffix += 1
-        self._names.add(name)
-        return name
 
 
 def _inference(layer, kwargs):
@@ -341,16 +235,6 @@ def _copy_weights(source, target) -> list:
     for a, b in zip(src, dst):
         b.assign(a)
     return list(zip(src, dst))
-
-
-def _source(layer) -> str:
-    return f"{layer.name} ({type(layer).__name__})"
-
-
-def _first_line(err) -> str:
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()
-             and not ln.strip().startswith("Exception encountered when calling")]
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 # ---- entry point ----------------------------------------------------------------------------
@@ -393,7 +277,7 @@ def prepare_tf_keras_model(original_model, input_layer=None, *, strict=False):
         try:
             original_model(tf.nest.map_structure(lambda x: tf.zeros([1, *x.shape[1:]], x.dtype), call_inputs))
         except Exception as err:
-            raise PrepareError(f"the model is not built, and calling it on input_layer failed: {_first_line(err)}",
+            raise PrepareError(f"the model is not built, and calling it on input_layer failed: {first_line(err)}",
                                layer_name=original_model.name,
                                fix="build the model (call it once on data) before preparing it.") from err
     flat_inputs = tf.nest.flatten(inputs)
@@ -414,15 +298,15 @@ def prepare_tf_keras_model(original_model, input_layer=None, *, strict=False):
 def _report(original, prepared, tracer) -> PrepareReport:
     layers, homes = [], {}
     for layer in prepared.layers:
-        record = tracer.records.get(id(layer))
-        if record is None:
+        origin = tracer.origins.get(id(layer))
+        if origin is None:
             kind = "input" if isinstance(layer, _L.InputLayer) else "op"
             source = "input" if kind == "input" else f"tf.{getattr(layer, 'symbol', type(layer).__name__)}"
             layers.append(LayerRecord(layer.name, type(layer).__name__, kind, source))
             continue
-        kind, source, note, pairs = record
-        layers.append(LayerRecord(layer.name, type(layer).__name__, kind, source, note))
-        for src, dst in pairs:
+        kind = origin.kind
+        layers.append(LayerRecord(layer.name, type(layer).__name__, kind, origin.source, origin.note))
+        for src, dst in origin.weight_pairs:
             homes.setdefault(id(src), []).append((kind, layer.name, dst.name))
     variables = account_variables(original.weights, homes, lambda var: var.name)
     custom = {type(l).__name__: type(l) for l in prepared.layers if not is_builtin_class(type(l))}

@@ -91,6 +91,21 @@ class BoundedReLU(keras.layers.Layer):
         return config
 
 
+def _scale_channels(x, factors, bias=None):
+    """x[..., c]·factors[c] (+ bias) as a 1×1 depthwise convolution: the TFLite converter fuses the
+    bias (and a ReLU6 after it) into one DEPTHWISE_CONV_2D and quantizes the factors per channel.
+    Rank 2 and 3 get unit axes (batch, 1, 1, C) / (batch, 1, L, C); other ranks multiply."""
+    rank = len(x.shape)
+    if rank not in (2, 3, 4):
+        y = x * factors
+        return y if bias is None else y + bias
+    x4 = x if rank == 4 else ops.expand_dims(x, 1 if rank == 3 else (1, 2))
+    y = ops.depthwise_conv(x4, ops.reshape(factors, (1, 1, -1, 1)), strides=1, padding="valid")
+    if bias is not None:
+        y = y + bias
+    return y if rank == 4 else ops.squeeze(y, 1 if rank == 3 else (1, 2))
+
+
 _GATES = ("sigmoid", "hard_sigmoid", "gelu_erf", "gelu_tanh")
 
 
@@ -106,10 +121,17 @@ class GatedActivation(keras.layers.Layer):
     output is unchanged (``equalize_model(..., gated_activations=True)`` puts this layer where
     ``Activation('swish' | 'hard_swish' | 'gelu')`` or a layer's fused activation was).
 
-    Written so that the TFLite converter emits its standard fused ops: 'sigmoid' as
-    x·sigmoid(s·x) (MUL, LOGISTIC, MUL), 'hard_sigmoid' as hard_silu(s·x)·(1/s) (MUL, HARD_SWISH,
-    MUL) and GELU as gelu(s·x)·(1/s) (MUL, GELU, MUL; an Erf would need TF Select ops) — the same
-    function for s > 0, which the engine guarantees (its scales are clamped to [1e-6, 1e6]).
+    Written for the TFLite converter, whose INT8 quantizer gives a constant MUL operand one scale
+    for the whole tensor but a depthwise kernel one per channel: the per-channel factors (s, and
+    1/s or 1/6) are 1×1 depthwise convolutions (DEPTHWISE_CONV_2D, per-channel quantized), so
+    a factor two decades below the largest is not rounded to zero. 'sigmoid':
+    x·sigmoid(dw_s(x)) (LOGISTIC, MUL); 'hard_sigmoid': dw_{1/6}(x)·relu6(dw_s(x) + 3) (the +3 is
+    the depthwise bias, ReLU6 fused into it; MUL) — the forms x·relu6(·)/6 and x·hard_sigmoid(·)
+    match the converter's hard-swish pattern and quantize wrongly (0.2 dB); GELU:
+    dw_{1/s}(gelu(dw_s(x))) (GELU; an Erf would need TF Select ops). The same function for s > 0,
+    which the engine guarantees (its scales are clamped to [1e-6, 1e6]); in FP32 each product is
+    the one an elementwise multiply computes. Inputs of rank 2 to 4 go through the depthwise conv
+    (rank 2 and 3 with unit axes added); other ranks multiply elementwise.
     ``gate_scale`` is a non-trainable weight and a config entry; registered as
     ``prequant>GatedActivation`` (a .keras file reloads in a process that imported prequant.keras).
     """
@@ -132,14 +154,13 @@ class GatedActivation(keras.layers.Layer):
 
     def call(self, inputs):
         scale = ops.cast(self.gate_scale, inputs.dtype)
-        z = inputs * scale
         if self.gate == "sigmoid":
-            return inputs * ops.sigmoid(z)
+            return inputs * ops.sigmoid(_scale_channels(inputs, scale))
         if self.gate == "hard_sigmoid":
-            y = ops.hard_silu(z)
-        else:
-            y = ops.gelu(z, approximate=self.gate == "gelu_tanh")
-        return y * ops.divide(ops.ones_like(scale), scale)
+            gate6 = ops.relu6(_scale_channels(inputs, scale, bias=3.0))
+            return _scale_channels(inputs, ops.full_like(scale, 1.0 / 6.0)) * gate6
+        z = _scale_channels(inputs, scale)
+        return _scale_channels(ops.gelu(z, approximate=self.gate == "gelu_tanh"), ops.divide(1.0, scale))
 
     def compute_output_shape(self, input_shape):
         return input_shape
