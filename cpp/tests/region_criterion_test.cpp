@@ -162,6 +162,30 @@ TEST(RegionCriterion, ActivationsFixedPoint) {
   EXPECT_NEAR(spread(ratio), 1.0, 1e-4);
 }
 
+// scale_cls_regions alone, swept many times with the statistics given by the caller: every sweep
+// reads the ranges as the earlier sweeps left them, so the fixed point holds and stays.
+TEST(RegionCriterion, RepeatedSweepsKeepTheFixedPoint) {
+  RefModel m(26);
+  build(m);
+  const auto act = expected_act(m);
+  const auto fold = prequant::fold_batch_norms(m.graph);
+  prequant::ClsOptions o;
+  o.scale_criterion = ScaleCriterion::WeightsAndActivations;
+  o.max_iterations = 50;
+  o.tolerance = 1e-10;
+  for (const auto& p : fold.folded) o.output_statistics.emplace(p.request.layer, p.bn_stats);
+  const auto found = prequant::find_cls_regions(m.graph);
+  ASSERT_EQ(found.regions.size(), 1u);
+  const auto r = prequant::scale_cls_regions(m.graph, found.regions, o);
+  EXPECT_TRUE(r.converged) << prequant::explain(r);
+  EXPECT_EQ(r.regions.at(0).criterion_fallback, "");
+  const auto& S = r.regions[0].scale;
+  std::vector<double> src, sink, ratio;
+  region_ranges(m, src, sink);
+  for (size_t j = 0; j < 10; ++j) ratio.push_back(std::sqrt(src[j] * act[j] / S[j]) / sink[j]);
+  EXPECT_NEAR(spread(ratio), 1.0, 1e-4);
+}
+
 TEST(RegionCriterion, SourceWithoutStatisticsFallsBackToWeightsWithAReason) {
   RefModel m(24), w(24);
   build(m, "cb2");
