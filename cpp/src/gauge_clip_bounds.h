@@ -21,8 +21,12 @@ namespace detail {
 // bounds may exceed its clip_max until gauge_clip_bounds runs (until then the bounds alone
 // define the clip).
 ClsResult scale_cls_sets_ungauged(Graph& graph, const std::vector<ClsSetSpec>& sets, const ClsOptions& options);
+// `statistics` (may be null: options.output_statistics, read only): the BN statistics of the
+// layers' outputs as the graph is now, read by an activation-aware criterion and carried through
+// this call's scales (each region source's entry divided by the scale its output channels took).
 ClsRegionsResult scale_cls_regions_ungauged(Graph& graph, const std::vector<ClsRegionSpec>& regions,
-                                            const ClsOptions& options);
+                                            const ClsOptions& options,
+                                            std::unordered_map<std::string, FoldedBnStats>* statistics = nullptr);
 }  // namespace detail
 
 }  // namespace prequant

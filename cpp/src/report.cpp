@@ -158,7 +158,8 @@ json to_json(const ClsRegionCandidates& r) {
 json to_json(const ClsRegionsResult& r) {
   json regions = json::array();
   for (const auto& g : r.regions)
-    regions.push_back({{"sources", g.sources}, {"sinks", g.sinks}, {"nodes", g.nodes}, {"scale", numbers(g.scale)}});
+    regions.push_back({{"sources", g.sources}, {"sinks", g.sinks}, {"nodes", g.nodes}, {"scale", numbers(g.scale)},
+                       {"criterion_fallback", g.criterion_fallback}});
   return with_sweep_stats(json{{"regions", regions}, {"activation_edits", edits_json(r.activation_edits)}}, r);
 }
 
@@ -296,6 +297,7 @@ std::string explain(const ClsRegionsResult& r) {
     out << "  region: sources " << join(g.sources, ", ") << "; sinks " << join(g.sinks, ", ") << "\n";
     if (!g.nodes.empty()) out << "    through " << join(g.nodes, ", ") << "\n";
     out << "    scale " << spread(g.scale) << "\n";
+    if (!g.criterion_fallback.empty()) out << "    weight criterion (DFQ) for this region: " << g.criterion_fallback << "\n";
   }
   for (const auto& e : r.activation_edits)
     if (e.kind != ActivationEdit::Kind::GateScaled)

@@ -21,10 +21,27 @@
 //   x = s·x' is s·x'·g(s·x'): exact).
 //   Regions sharing a layer (a sink of one is a source of the next) disturb each other: with
 //   max_iterations > 1 all regions are swept again until no |ln s| reaches `tolerance`.
+// Activation-aware scale_criterion (choose_cls_scales.cpp's weights p, a, c):
+//   The region's tensors are activations quantized per tensor (the Add outputs of a residual
+//   stream, the sources' outputs after their activations, a concatenation), and all of them
+//   carry x[c]/s[j]; act[j] = their largest range in channel j, data-free from the sources'
+//   folded BN statistics (estimate_region_activation_ranges.cpp), as the graph is now:
+//     ln s[j] = (p·ln R_src[j] + a·ln act[j] − c·ln R_sink[j]) / (p + a + c)
+//   With several sources and sinks each side enters through its largest range, as in the weight
+//   formula: per channel, the layer whose range is largest is the one its own per-tensor
+//   quantizer's step is closest to being set by, and act is one more source-side range (it is
+//   divided by s like the sources' rows). Fixed point (weights_and_activations, p = a = ½, c = 1):
+//   sqrt(R_src'[j]·act'[j]) = R_sink'[j] with every range as it ends; weights: the formula above.
+//   One step reaches it when no layer is both a source and a sink of the region.
+//   A channel whose act is 0 (always clipped to 0) takes the weight formula. A region whose
+//   ranges cannot be estimated (a source with no folded BN, a gated activation inside) takes the
+//   weight formula in every channel, with the reason in its result's criterion_fallback.
 #include <algorithm>
 #include <cmath>
 
+#include "choose_cls_scales.h"
 #include "cls_region.h"
+#include "estimate_region_activation_ranges.h"
 #include "gauge_clip_bounds.h"
 #include "pass_util.h"
 #include "prequant/errors.h"
@@ -91,9 +108,11 @@ ChannelRanges pending_ranges(const Transaction& tx, const Node& layer) {
   return channel_ranges(layer.weight, out, in);
 }
 
-// One balancing step of region r; returns max |ln s| and multiplies `total` by s.
+// One balancing step of region r; returns max |ln s| and multiplies `total` by s. `act0`: the
+// activation ranges at the start of the call (the region's tensors are divided by `total` since),
+// or null for the weight criterion.
 double scale_region(Graph& graph, Transaction& tx, const PlannedRegion& r, std::vector<double>& total,
-                    const ClsOptions& options) {
+                    const std::vector<double>* act0, const ClsOptions& options) {
   const size_t k = static_cast<size_t>(r.channels);
   std::vector<double> r_src(k, 0.0), r_sink(k, 0.0);
   for (size_t l : r.sources) {
@@ -111,7 +130,11 @@ double scale_region(Graph& graph, Transaction& tx, const PlannedRegion& r, std::
   std::vector<double> s(k);
   double max_log = 0.0;
   for (size_t j = 0; j < k; ++j) {
-    s[j] = guarded(r_src[j], r_sink[j], options);
+    std::optional<double> by_criterion;
+    if (act0 && (*act0)[j] > 0)
+      by_criterion = criterion_scale(criterion_weights(options.scale_criterion), r_src[j], (*act0)[j] / total[j], r_sink[j]);
+    s[j] = by_criterion ? std::clamp(*by_criterion, options.min_scale, options.max_scale)
+                        : guarded(r_src[j], r_sink[j], options);
     max_log = std::max(max_log, std::abs(std::log(s[j])));
     total[j] *= s[j];
   }
@@ -148,10 +171,31 @@ double scale_region(Graph& graph, Transaction& tx, const PlannedRegion& r, std::
   return max_log;
 }
 
+// Each source's output channel c was divided by scale[j] (j its region channel): so are the
+// statistics of the BN folded after it.
+void divide_source_statistics(const Graph& graph, const PlannedRegion& r, const std::vector<double>& scale,
+                              std::unordered_map<std::string, FoldedBnStats>& statistics) {
+  for (size_t l : r.sources) {
+    const Node& n = graph.nodes[l];
+    const auto it = statistics.find(n.name);
+    if (it == statistics.end()) continue;
+    const auto& map = r.channel_of.at(n.outputs[0]);
+    if (it->second.gamma.size() != map.size() || it->second.beta.size() != map.size()) {
+      statistics.erase(it);
+      continue;
+    }
+    for (size_t c = 0; c < map.size(); ++c) {
+      it->second.gamma[c] /= scale[static_cast<size_t>(map[c])];
+      it->second.beta[c] /= scale[static_cast<size_t>(map[c])];
+    }
+  }
+}
+
 }  // namespace
 
 ClsRegionsResult detail::scale_cls_regions_ungauged(Graph& graph, const std::vector<ClsRegionSpec>& specs,
-                                                    const ClsOptions& options) {
+                                                    const ClsOptions& options,
+                                                    std::unordered_map<std::string, FoldedBnStats>* statistics) {
   const auto counts = tensor_channel_counts(graph);
   std::vector<PlannedRegion> regions;
   for (const auto& spec : specs)
@@ -179,13 +223,23 @@ ClsRegionsResult detail::scale_cls_regions_ungauged(Graph& graph, const std::vec
       }
     }
 
+  // Activation ranges once, with the clips as the policy left them; later sweeps divide them by
+  // the scales taken since (every region tensor carries x/s; its clips' bounds are divided too).
+  std::vector<std::optional<std::vector<double>>> act0(regions.size());
+  std::vector<std::string> fallback(regions.size());
+  if (options.scale_criterion != ScaleCriterion::Weights && !regions.empty()) {
+    const auto stats = propagate_channel_stats(graph, statistics ? *statistics : options.output_statistics);
+    for (size_t k = 0; k < regions.size(); ++k)
+      act0[k] = estimate_region_activation_ranges(graph, regions[k], stats, options.activation_sigmas, fallback[k]);
+  }
+
   std::vector<std::vector<double>> total;
   for (const auto& r : regions) total.emplace_back(static_cast<size_t>(r.channels), 1.0);
   const int iterations = std::max(1, options.max_iterations);
   for (int it = 0; it < iterations && !regions.empty(); ++it) {
     double max_log = 0.0;
     for (size_t k = 0; k < regions.size(); ++k)
-      max_log = std::max(max_log, scale_region(graph, tx, regions[k], total[k], options));
+      max_log = std::max(max_log, scale_region(graph, tx, regions[k], total[k], act0[k] ? &*act0[k] : nullptr, options));
     result.iterations = it + 1;
     result.last_max_log_scale = max_log;
     if (max_log < options.tolerance) break;
@@ -197,6 +251,8 @@ ClsRegionsResult detail::scale_cls_regions_ungauged(Graph& graph, const std::vec
     out.sources = names_of(graph, regions[k].sources);
     out.sinks = names_of(graph, regions[k].sinks);
     out.nodes = names_of(graph, regions[k].nodes);
+    if (!act0[k]) out.criterion_fallback = std::move(fallback[k]);
+    if (statistics) divide_source_statistics(graph, regions[k], total[k], *statistics);
     out.scale = std::move(total[k]);
     result.regions.push_back(std::move(out));
   }

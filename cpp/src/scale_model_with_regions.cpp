@@ -6,8 +6,10 @@
 // region's source), so scaling one disturbs the other. Rounds alternate: the sets, iterated to
 // their own convergence (options.max_iterations sweeps), then one sweep over the regions; they
 // stop when a round moves no scale by |ln s| ≥ tolerance, or after options.max_iterations rounds.
-// Regions balance weight ranges only (scale_criterion applies to the chains): a region's tensor
-// is an Add or Concat of several sources, whose activation statistics the engine does not have.
+// scale_criterion applies to both: the chains' links read the statistics of their first layers'
+// outputs, the regions those of their sources' outputs carried through Adds and Concats
+// (scale_cls_regions.cpp). One statistics map is carried through every round's chain and region
+// scales, so each sweep reads the outputs as they are.
 // A chain decline of a layer that is a source of a region (scaled or declined as a region) is
 // replaced by the region's outcome, so every layer has one verdict.
 #include <algorithm>
@@ -29,24 +31,25 @@ ClsResult scale_model_with_regions(Graph& graph, const ClsOptions& options, ClsR
   ClsOptions one_sweep = options;
   one_sweep.max_iterations = 1;
 
-  // The chains' activation-aware criterion reads the statistics of their first layers' outputs,
-  // which only the chains scale (a region scales its sources' outputs, and a region source ends
-  // no chain link): carried through each round's chain scales.
+  // The statistics both criteria read, as the outputs are now: divided by each round's chain
+  // scales (a link's first layer) and region scales (a region's sources).
   ClsOptions chain_options = options;
+  auto& statistics = chain_options.output_statistics;
+  one_sweep.output_statistics.clear();  // the regions read `statistics`
   ClsResult chains = detail::scale_cls_sets_ungauged(graph, sets.sets, chain_options);
-  divide_output_statistics(chain_options.output_statistics, chains);
-  regions = detail::scale_cls_regions_ungauged(graph, found.regions, one_sweep);
+  divide_output_statistics(statistics, chains);
+  regions = detail::scale_cls_regions_ungauged(graph, found.regions, one_sweep, &statistics);
   const int rounds = std::max(1, options.max_iterations);
   int round = 1;
   for (; round < rounds && regions.last_max_log_scale >= options.tolerance; ++round) {
     ClsResult again = detail::scale_cls_sets_ungauged(graph, sets.sets, chain_options);
-    divide_output_statistics(chain_options.output_statistics, again);
+    divide_output_statistics(statistics, again);
     for (size_t k = 0; k < chains.sets.size(); ++k)
       for (size_t p = 0; p < chains.sets[k].pairs.size(); ++p)
         for (size_t c = 0; c < chains.sets[k].pairs[p].scale.size(); ++c)
           chains.sets[k].pairs[p].scale[c] *= again.sets[k].pairs[p].scale[c];
     chains.iterations += again.iterations;
-    ClsRegionsResult more = detail::scale_cls_regions_ungauged(graph, found.regions, one_sweep);
+    ClsRegionsResult more = detail::scale_cls_regions_ungauged(graph, found.regions, one_sweep, &statistics);
     for (size_t k = 0; k < regions.regions.size(); ++k)
       for (size_t j = 0; j < regions.regions[k].scale.size(); ++j)
         regions.regions[k].scale[j] *= more.regions[k].scale[j];

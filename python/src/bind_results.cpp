@@ -176,6 +176,7 @@ nb::dict to_dict(const ClsRegionResult& r) {
   o["sinks"] = strings_of(r.sinks);
   o["nodes"] = strings_of(r.nodes);
   o["scale"] = floats_of(r.scale);
+  o["criterion_fallback"] = r.criterion_fallback;
   return o;
 }
 
@@ -454,6 +455,8 @@ void bind_results(nb::module_& m) {
       .def_ro("sinks", &ClsRegionResult::sinks)
       .def_ro("nodes", &ClsRegionResult::nodes, "the channel nodes joining sources and sinks")
       .def_prop_ro("scale", [](const ClsRegionResult& r) { return numpy_of(r.scale); })
+      .def_ro("criterion_fallback", &ClsRegionResult::criterion_fallback,
+              "Why the region used the weight criterion although scale_criterion asked for another ('' if not).")
       .def("__repr__", [](const ClsRegionResult& r) {
         return "ClsRegionResult(sources=" + std::to_string(r.sources.size()) + ", sinks=" + std::to_string(r.sinks.size()) +
                ", channels=" + std::to_string(r.scale.size()) + ")";

@@ -119,6 +119,9 @@ struct ClsRegionResult {
   std::vector<std::string> sources, sinks;
   std::vector<std::string> nodes;  // the channel nodes joining them, graph order
   std::vector<double> scale;       // per region channel, cumulative over iterations
+  // Why the region used the weight criterion although scale_criterion asked for another (empty:
+  // it did not): the reason names the layer or node the activation ranges cannot pass.
+  std::string criterion_fallback;
 };
 
 struct ClsRegionsResult {
