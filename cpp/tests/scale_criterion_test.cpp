@@ -196,12 +196,17 @@ TEST(ScaleCriterion, WithoutStatisticsTheChainCorrectionStillRuns) {
   EXPECT_LT(waa.iterations * 2, gs.iterations) << "the chain correction did not run";
   EXPECT_LT(err, 1e-5);  // still the same function
   EXPECT_LT(err_gs, 1e-5);
+  ::testing::Test::RecordProperty("sweeps_gauss_seidel", gs.iterations);
+  ::testing::Test::RecordProperty("sweeps_weights_and_activations", waa.iterations);
 }
 
 TEST(ScaleCriterion, NamesAndOptionChecks) {
   for (auto c : {ScaleCriterion::Weights, ScaleCriterion::WeightsAndActivations, ScaleCriterion::Activations})
     EXPECT_EQ(prequant::parse_scale_criterion(prequant::scale_criterion_name(c)), c);
   EXPECT_THROW(prequant::parse_scale_criterion("activation"), prequant::InvalidRequestError);
+  // The whole-model path weighs activations; the primitives (scale_model, scale_cls_sets) are DFQ's.
+  EXPECT_EQ(EqualizeOptions{}.cls.scale_criterion, ScaleCriterion::WeightsAndActivations);
+  EXPECT_EQ(prequant::ClsOptions{}.scale_criterion, ScaleCriterion::Weights);
   EqualizeOptions o;
   o.cls.activation_sigmas = 0;
   RefModel m(1);
