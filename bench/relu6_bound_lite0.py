@@ -17,6 +17,7 @@ the representation each side writes.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -56,11 +57,13 @@ def child(args) -> None:
         for regions in (False, True) if args.regions else (False,):
             for criterion in args.criteria.split(","):
                 m = prepare_model(efficientnet_lite0())
-                kw = {} if criterion == "weights" else {"scale_criterion": criterion}  # 'before' may predate it
+                # explicit, since 'weights' is no longer the default; a 'before' predating the option is DFQ
+                takes_criterion = "scale_criterion" in inspect.signature(equalize_model).parameters
+                kw = {"scale_criterion": criterion} if takes_criterion else {}
                 equalize_model(m, dummy_input=dummy, relu6=policy, regions=regions, **kw)
                 mb = acc.export(m)
                 fp32 = acc.run(mb, x)
-                crit = "" if criterion == "weights" else f", scale_criterion={criterion}"
+                crit = f", scale_criterion={criterion}"
                 for quant in ("per-tensor", "per-channel"):
                     measure(f"equalize relu6={policy}{crit}, {'chains + regions' if regions else 'chains only'} "
                             f"+ INT8 {quant}", mb, quant)

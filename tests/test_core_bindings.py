@@ -588,7 +588,8 @@ def test_absorb_high_bias():
 def test_equalize_model_preserves_function():
     m = ConvBnReluConv()
     before = run(m.graph, m.x)
-    result = _core.equalize_model(m.graph, absorb_high_bias=False)
+    # DFQ's criterion: its balanced ranges are checked below (the default also weighs activations)
+    result = _core.equalize_model(m.graph, absorb_high_bias=False, scale_criterion="weights")
     assert isinstance(result, _core.EqualizeResult)
     assert [p.bn for p in result.fold.folded] == ["bn1"]
     assert len(result.cls.sets) == 1 and result.high_bias.absorbed == []

@@ -9,12 +9,15 @@
 //   triple  P = r1·r2·r3; S12 = r1/P^(1/3); S23 = P^(1/3)/r3;
 //           W1[c] /= S12, b1[c] /= S12; Wdw[c] *= S12/S23, bdw[c] /= S23; W3[:,c] *= S23.
 //   Guards: a channel with a zero range gets scale 1; s is clamped to [min_scale, max_scale].
-//   options.scale_criterion other than Weights (choose_cls_scales.cpp): each link (a pair, or
-//   each of a triple's two links in turn) steps by ln s = (p·ln r1 + a·ln act − c·ln r2)/(p+a+c),
-//   act = the activation range between from the BN statistics, as the link is now; a link
-//   without statistics, or a channel without an activation range, uses the pair formula above.
-//   The chain correction is then not run (its coupling model is the weight criterion's; the
-//   activation term weakens the coupling between links, so the sweeps converge alone).
+//   options.scale_criterion other than Weights (choose_cls_scales.cpp): a set with activation
+//   statistics on at least one link steps each link (a pair, or each of a triple's two links in
+//   turn) by ln s = (p·ln r1 + a·ln act − c·ln r2)/(p+a+c), act = the activation range between
+//   from the BN statistics, as the link is now; in such a set a link without statistics, or a
+//   channel without an activation range, uses the pair formula above. A set with no activation
+//   statistics on any link takes DFQ's closed forms above (pair, triple), exactly as Weights.
+//   The chain correction runs only while no set steps links (its coupling model is the weight
+//   criterion's; the activation term weakens the coupling between links, so the sweeps converge
+//   alone); with every set on the closed forms it is the Weights fixed point, reached faster.
 //   ReLU6 between: 'replace' turns the clip into ReLU; 'bound' divides the clip's per-channel
 //   upper bound by the same s, which keeps the FP32 output exact; then gauge_clip_bounds.cpp
 //   multiplies such a pair's scales by one factor so that every bound is ≤ 6 (a fusable ReLU6
@@ -390,7 +393,8 @@ ClsResult detail::scale_cls_sets_ungauged(Graph& graph, const std::vector<ClsSet
         for (size_t b : neighbours[k]) dirty[b] = true;
     }
     if (!any) break;
-    if (options.solve_chains && !by_activations && it + 1 < iterations) correct_chains();
+    const bool closed_forms_only = std::find(step_links.begin(), step_links.end(), true) == step_links.end();
+    if (options.solve_chains && closed_forms_only && it + 1 < iterations) correct_chains();
     result.iterations = it + 1;
     result.last_max_log_scale = max_log;
   }

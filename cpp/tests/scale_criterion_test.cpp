@@ -1,6 +1,7 @@
 // scale_criterion_test.cpp — activation-aware CLS scale criteria (choose_cls_scales.cpp): the FP32
 // function is unchanged, each criterion's fixed point holds (computed here from the BN's own
-// parameters), and a link without statistics falls back to the weight criterion with a reason.
+// parameters), a link without statistics falls back to the weight criterion with a reason, and a
+// chain with no statistics at all keeps the chain correction (same fixed point, fewer sweeps).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -151,10 +152,61 @@ TEST(ScaleCriterion, WithoutStatisticsFallsBackToWeightsWithAReason) {
   EXPECT_TRUE(pair(w.cls, "c0").criterion_fallback.empty());
 }
 
+// x → (conv 3×3 c→c, relu) × n, no batch norm: every link falls back to the weight criterion.
+prequant::ClsResult scale_long_chain(ScaleCriterion criterion, bool solve_chains, double* function_error) {
+  RefModel m(11);
+  auto y = m.input("x", {6, 6, 6});
+  for (int i = 0; i < 12; ++i) {
+    y = m.conv("c" + std::to_string(i), y, conv_spec(6, 6, {3, 3}, {1, 1}));
+    if (i + 1 < 12) y = m.relu("r" + std::to_string(i), y);
+  }
+  m.output(y);
+  const auto inputs = m.random_inputs(2, 3);
+  const auto ref = m.forward(inputs);
+  prequant::ClsOptions o;
+  o.scale_criterion = criterion;
+  o.solve_chains = solve_chains;
+  o.max_iterations = 5000;
+  o.tolerance = 1e-10;
+  auto r = prequant::scale_model(m.graph, o);
+  *function_error = max_rel_error(ref, m.forward(inputs));
+  return r;
+}
+
+// With no statistics every set takes DFQ's closed forms, so the chain correction (whose coupling
+// model is the weight criterion's) still applies: the sweeps drop below plain Gauss-Seidel's, to
+// the same fixed point.
+TEST(ScaleCriterion, WithoutStatisticsTheChainCorrectionStillRuns) {
+  double err_gs = 0, err = 0;
+  const auto gs = scale_long_chain(ScaleCriterion::Weights, false, &err_gs);
+  const auto waa = scale_long_chain(ScaleCriterion::WeightsAndActivations, true, &err);
+  ASSERT_TRUE(gs.converged) << gs.iterations;
+  ASSERT_TRUE(waa.converged) << waa.iterations;
+  ASSERT_EQ(gs.sets.size(), 11u);
+  ASSERT_EQ(waa.sets.size(), gs.sets.size());
+  double worst = 0;
+  for (size_t k = 0; k < gs.sets.size(); ++k) {
+    const auto& a = gs.sets[k].pairs.at(0).scale;
+    const auto& b = waa.sets[k].pairs.at(0).scale;
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t c = 0; c < a.size(); ++c) worst = std::max(worst, std::abs(std::log(a[c] / b[c])));
+    EXPECT_FALSE(waa.sets[k].pairs[0].criterion_fallback.empty()) << "set " << k << " found statistics";
+  }
+  EXPECT_LT(worst, 1e-6) << "sweeps " << gs.iterations << " vs " << waa.iterations;
+  EXPECT_LT(waa.iterations * 2, gs.iterations) << "the chain correction did not run";
+  EXPECT_LT(err, 1e-5);  // still the same function
+  EXPECT_LT(err_gs, 1e-5);
+  ::testing::Test::RecordProperty("sweeps_gauss_seidel", gs.iterations);
+  ::testing::Test::RecordProperty("sweeps_weights_and_activations", waa.iterations);
+}
+
 TEST(ScaleCriterion, NamesAndOptionChecks) {
   for (auto c : {ScaleCriterion::Weights, ScaleCriterion::WeightsAndActivations, ScaleCriterion::Activations})
     EXPECT_EQ(prequant::parse_scale_criterion(prequant::scale_criterion_name(c)), c);
   EXPECT_THROW(prequant::parse_scale_criterion("activation"), prequant::InvalidRequestError);
+  // The whole-model path weighs activations; the primitives (scale_model, scale_cls_sets) are DFQ's.
+  EXPECT_EQ(EqualizeOptions{}.cls.scale_criterion, ScaleCriterion::WeightsAndActivations);
+  EXPECT_EQ(prequant::ClsOptions{}.scale_criterion, ScaleCriterion::Weights);
   EqualizeOptions o;
   o.cls.activation_sigmas = 0;
   RefModel m(1);

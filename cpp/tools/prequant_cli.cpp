@@ -54,7 +54,7 @@ struct Options {
   bool bias_correction_asymmetric = false;
   bool regions = false;
   bool gated_activations = false;
-  std::string scale_criterion = "weights";
+  std::string scale_criterion = "weights_and_activations";
   int iterations = prequant::kDefaultMaxIterations;
   std::string before = "folded";  // report: the baseline
   int bits = 8;
@@ -345,9 +345,9 @@ int main(int argc, char** argv) {
                   "Also scale through x·g(x) activations (SiLU, HardSwish, GELU), rewriting each as "
                   "x·g(s·x) with a per-channel gate scale: exact in FP32 (off by default)");
     sub->add_option("--scale-criterion", o.scale_criterion,
-                    "What each CLS scale balances: weights (DFQ, default), weights_and_activations "
-                    "(also the activation range from the folded BN statistics: for per-tensor weight "
-                    "quantization), activations (activation against the next layer's columns: for "
+                    "What each CLS scale balances: weights_and_activations (default: the weight ranges "
+                    "and the activation range from the folded BN statistics), weights (DFQ: weight "
+                    "ranges only), activations (activation against the next layer's columns: for "
                     "per-channel weight quantization)")
         ->check(CLI::IsMember({"weights", "weights_and_activations", "activations"}));
     sub->add_option("--iterations", o.iterations,

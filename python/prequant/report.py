@@ -108,10 +108,11 @@ def _model_name(model) -> str:
     return f"{type(model).__name__} '{name}'" if isinstance(name, str) and name else type(model).__name__
 
 
-def _summary(result, relu6: str, absorb_high_bias: bool) -> str:
+def _summary(result, relu6: str, absorb_high_bias: bool, scale_criterion: str) -> str:
     declined = sum(len(d) for d in (result.fold.declined, result.cls.declined, result.high_bias.declined,
                                     result.activations.declined))
-    return (f"equalize (relu6={relu6!r}{', absorb_high_bias=True' if absorb_high_bias else ''}): folded "
+    return (f"equalize (relu6={relu6!r}, scale_criterion={scale_criterion!r}"
+            f"{', absorb_high_bias=True' if absorb_high_bias else ''}): folded "
             f"{len(result.fold.folded)} batch norm(s), scaled {len(result.cls.sets)} CLS set(s) in "
             f"{result.cls.iterations} iteration(s), absorbed high bias in {len(result.high_bias.absorbed)} pair(s); "
             f"{declined} candidate(s) declined (result.explain() says why).")
@@ -119,6 +120,7 @@ def _summary(result, relu6: str, absorb_high_bias: bool) -> str:
 
 def write_report(model: Any, out_dir: str | os.PathLike, *, before: str = "folded", bits: int = 8,
                  relu6: str = "bound", absorb_high_bias: bool = False, max_iterations: int = _core.DEFAULT_MAX_ITERATIONS,
+                 scale_criterion: str = "weights_and_activations",
                  max_layer_plots: int = 24, max_channels: int = 128, title: str | None = None,
                  base_dir: str | os.PathLike | None = None) -> Report:
     """Equalize a copy of `model` and write the weight report of before vs after into `out_dir`.
@@ -127,13 +129,15 @@ def write_report(model: Any, out_dir: str | os.PathLike, *, before: str = "folde
     external data of bytes/ModelProto), a torch.nn.Module in eval mode (one ``prepare_model``
     returned, if torch.fx cannot trace it as it is), or a Keras 3 model.
     `before`: the baseline — ``"folded"`` (batch norms folded: the weights a quantizer sees
-    without equalization) or ``"original"``. `relu6`, `absorb_high_bias`, `max_iterations`: as
-    for the front ends' ``equalize_model``. `bits`: the weight bit width of the SQNR columns.
+    without equalization) or ``"original"``. `relu6`, `absorb_high_bias`, `max_iterations`,
+    `scale_criterion`: as for the front ends' ``equalize_model`` (``"weights"``, DFQ's criterion,
+    balances the weight ranges exactly; the default also weighs the activation ranges). `bits`: the weight bit width of the SQNR columns.
     Returns a :class:`Report` with the paths written and the statistics drawn.
     """
     if before not in _BEFORE_LABELS:
         raise _core.InvalidRequestError(f"before must be 'folded' or 'original', got {before!r}")
-    options = dict(relu6=relu6, max_iterations=max_iterations, absorb_high_bias=absorb_high_bias)
+    options = dict(relu6=relu6, max_iterations=max_iterations, absorb_high_bias=absorb_high_bias,
+                   scale_criterion=scale_criterion)
     if _is_torch_module(model):
         before_stats, after_stats, result = _torch_stats(model, before, bits, options)
     elif _is_keras_model(model):
@@ -150,6 +154,6 @@ def write_report(model: Any, out_dir: str | os.PathLike, *, before: str = "folde
     name = _model_name(model)
     files = _core.write_report(
         before_stats, after_stats, out_dir, title=title or f"prequant weight report: {os.path.basename(name)}",
-        model=name, before_label=_BEFORE_LABELS[before], notes=[_summary(result, relu6, absorb_high_bias)],
+        model=name, before_label=_BEFORE_LABELS[before], notes=[_summary(result, relu6, absorb_high_bias, scale_criterion)],
         max_layer_plots=max_layer_plots, max_channels=max_channels)
     return Report(files["html"], files["json"], list(files["images"]), before_stats, after_stats, result)

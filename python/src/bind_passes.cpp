@@ -285,13 +285,13 @@ void bind_passes(nb::module_& m) {
       "max_scale"_a = 1e6, "fold"_a = true, "absorb_high_bias"_a = false, "high_bias_sigmas"_a = 3.0,
       "bias_correction"_a = false, "bias_correction_bits"_a = 8, "bias_correction_per_channel"_a = false,
       "bias_correction_symmetric"_a = true, "regions"_a = false, "gated_activations"_a = false,
-      "scale_criterion"_a = "weights", "activation_sigmas"_a = 3.0,
+      "scale_criterion"_a = "weights_and_activations", "activation_sigmas"_a = 3.0,
       "Unroll, fold, ReLU6 policy, cross-layer scaling (with regions=True also equalization regions: "
       "residual Adds, Concats, fan-out; with gated_activations=True also through SiLU / HardSwish / "
       "GELU, rewriting their gate scales), high-bias absorption and (optionally) analytic bias "
-      "correction for the given weight quantizer, in one call. scale_criterion: 'weights' (DFQ), "
-      "'weights_and_activations' (for per-tensor weight quantization) or 'activations' (for per-channel): "
-      "also balance the activation ranges, from the statistics of the folded BNs (β ± activation_sigmas·|γ|).");
+      "correction for the given weight quantizer, in one call. scale_criterion: 'weights_and_activations' (default) "
+      "or 'activations' (for per-channel weight quantization) also balance the activation ranges, from the "
+      "statistics of the folded BNs (β ± activation_sigmas·|γ|); 'weights' is DFQ's weight-only balance.");
 }
 
 }  // namespace prequant::python

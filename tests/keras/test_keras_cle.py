@@ -255,7 +255,8 @@ def test_equalize_model_relu6_policies(relu6):
     x = inputs_for(model)
     ref = run(model, x)
     before = weights_of(model)
-    eq, result = equalize_model(model, relu6=relu6, absorb_high_bias=False, return_result=True)
+    eq, result = equalize_model(model, relu6=relu6, absorb_high_bias=False, return_result=True,
+                                scale_criterion="weights")  # DFQ's balance: assert_sets_equalized
     assert_bit_identical(before, model)
     acts = [type(eq.get_layer(n)) for n in ("act1", "act2")]
     layers = [s.layers for s in result.cls.sets]
@@ -319,7 +320,8 @@ def test_conv1d_conv3d_transposed_leaky_prelu_padding(dims):
     prelu.alpha.assign(RNG.uniform(-0.5, 0.5, prelu.alpha.shape).astype("float32"))
     x = inputs_for(model)
     ref = run(model, x)
-    eq, result = equalize_model(model, absorb_high_bias=False, return_result=True)
+    eq, result = equalize_model(model, absorb_high_bias=False, return_result=True,
+                                scale_criterion="weights")  # DFQ's balance: assert_sets_equalized
     assert len(result.fold.folded) == 3
     assert [s.layers for s in result.cls.sets] == [["c1", "ct"], ["ct", "c3"]]
     assert rel_err(run(eq, x), ref) < 1e-4
@@ -338,7 +340,8 @@ def test_separable_conv_is_split_and_scaled_inside():
     sep = model.get_layer("sep")
     x = inputs_for(model)
     ref = run(model, x)
-    eq, result = equalize_model(model, absorb_high_bias=False, return_result=True)
+    eq, result = equalize_model(model, absorb_high_bias=False, return_result=True,
+                                scale_criterion="weights")  # DFQ's balance: assert_sets_equalized
     assert type(eq.get_layer("sep_depthwise")) is L.DepthwiseConv2D
     assert type(eq.get_layer("sep_pointwise")) is L.Conv2D
     assert eq.get_layer("sep_pointwise").get_config()["activation"] == "linear"

@@ -90,7 +90,8 @@ def test_stats_match_numpy_on_the_initializers(model_path):
 def test_cli_report(cli, model_path, tmp_path):
     digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
     out = tmp_path / "out"
-    proc = run_cli(cli, "report", model_path, "-o", out, "--max-layer-plots", "2")
+    # DFQ's criterion: the weight ranges balance (the default also weighs activation ranges)
+    proc = run_cli(cli, "report", model_path, "-o", out, "--max-layer-plots", "2", "--scale-criterion", "weights")
     assert "report.html" in proc.stdout
     assert hashlib.sha256(model_path.read_bytes()).hexdigest() == digest
     assert sorted(p.name for p in out.iterdir()) == [
@@ -107,7 +108,7 @@ def test_cli_report(cli, model_path, tmp_path):
         assert after[name]["range_ratio"] < before[name]["range_ratio"] / 3, name
     # "after" is the model `prequant equalize` writes.
     eq = tmp_path / "eq.onnx"
-    run_cli(cli, "equalize", model_path, "-o", eq)
+    run_cli(cli, "equalize", model_path, "-o", eq, "--scale-criterion", "weights")
     for name, w in layer_weights(onnx.load(str(eq))).items():
         np.testing.assert_allclose(after[name]["range"], np.abs(w).max(axis=1), rtol=1e-5)
     # The original baseline is the stored weights, batch norms not folded.
@@ -130,7 +131,8 @@ def test_cli_report_refuses_a_file_as_output(cli, model_path, tmp_path):
 def test_python_write_report_on_a_model_proto(model_path, tmp_path):
     model = onnx.load(str(model_path))
     serialized = model.SerializeToString()
-    report = prequant.write_report(model, tmp_path / "py", relu6="replace", max_layer_plots=1, max_channels=8)
+    report = prequant.write_report(model, tmp_path / "py", relu6="replace", max_layer_plots=1, max_channels=8,
+                                   scale_criterion="weights")  # DFQ's: the weight ranges balance
     assert model.SerializeToString() == serialized
     assert len(report.images) == 2
     check_self_contained(report.html, report.images)

@@ -34,7 +34,8 @@ def test_block_report(tmp_path, single_thread_torch):
     torch.manual_seed(0)
     model = make_block()
     state = snapshot(model)
-    report = prequant.write_report(model, tmp_path, max_layer_plots=3)
+    # DFQ's criterion: the weight ranges line up (checked below; the default also weighs activations)
+    report = prequant.write_report(model, tmp_path, max_layer_plots=3, scale_criterion="weights")
     assert_unchanged(model, state)
     assert isinstance(model.bn1, torch.nn.BatchNorm2d)
 
@@ -46,7 +47,7 @@ def test_block_report(tmp_path, single_thread_torch):
         np.testing.assert_allclose(report.before.layer(conv).range, out_ranges(getattr(model, conv)) * s, rtol=1e-5)
     # After: the front end's own equalize_model on a copy.
     equalized = copy.deepcopy(model)
-    equalize_model(equalized)
+    equalize_model(equalized, scale_criterion="weights")
     for name in names:
         np.testing.assert_allclose(report.after.layer(name).range, out_ranges(getattr(equalized, name)), rtol=1e-5)
     # The conv → depthwise → conv set's channels line up.

@@ -48,6 +48,7 @@ def sweep(name: str) -> zoo.Sweep:
 def test_equalize_keeps_the_function(name):
     s = sweep(name)
     assert s.rel_err < 1e-5, f"relative output error {s.rel_err:.3g}"
+    assert s.default_rel_err < 1e-5, f"relative output error {s.default_rel_err:.3g} (default criterion)"
     assert not s.range_mismatch, f"scaled pairs whose ranges differ: {s.range_mismatch[:3]}"
     declined = [d for sec in ("fold", "cls") for d in s.torch_result[sec]["declined"]]
     assert all(d["reason"].strip() for d in declined), "a declined candidate without a reason"

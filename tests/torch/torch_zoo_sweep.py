@@ -1,7 +1,8 @@
 """The zoo sweep shared by tests/torch/test_torch_zoo_sweep.py and bench/zoo_sweep.py.
 
 For one model (random weights, randomized BN statistics): prepare_model + equalize_model in
-float64 (the output must stay within 1e-5 relative of the original's), and the same float32 model
+float64 (the output must stay within 1e-5 relative of the original's, under the default criterion
+and under DFQ's "weights", whose balanced ranges are checked and compared), and the same float32 model
 exported to ONNX with BatchNormalization kept (TorchScript exporter, constant folding off — the
 GUIDE's pitfall) and equalized by the `prequant` CLI. Then the two runs are compared BN by BN and
 set by set: every BN or CLS set one front end handles and the other does not is looked up in the
@@ -90,7 +91,8 @@ def classify(reason: str) -> str:
 class Sweep:
     name: str
     batch_norms: int = 0
-    rel_err: float = float("nan")
+    rel_err: float = float("nan")          # DFQ's criterion ("weights"), whose balance is checked
+    default_rel_err: float = float("nan")  # equalize_model's default criterion
     torch_result: dict = field(default_factory=dict)
     onnx_result: dict = field(default_factory=dict)
     range_mismatch: list = field(default_factory=list)
@@ -155,7 +157,12 @@ def run(name: str, cli: str | None = None) -> Sweep:
     with torch.no_grad():
         ref = model64(x.double())
         prepared = prepare_model(model64)
-        result = equalize_model(prepared, relu6="bound", absorb_high_bias=False)
+        default = copy.deepcopy(prepared)
+        equalize_model(default, relu6="bound", absorb_high_bias=False)
+        sweep.default_rel_err = rel_err(default(x.double()), ref)
+        del default
+        # DFQ's criterion below: its balanced ranges are checked, and the CLI runs the same one
+        result = equalize_model(prepared, relu6="bound", absorb_high_bias=False, scale_criterion="weights")
         sweep.rel_err = rel_err(prepared(x.double()), ref)
     sweep.torch_result = result.to_dict()
     modules = dict(prepared.named_modules())
@@ -174,7 +181,8 @@ def run(name: str, cli: str | None = None) -> Sweep:
                 torch.onnx.export(model, (x,), src, opset_version=17, dynamo=False,
                                   do_constant_folding=False, input_names=["input"])
             proc = subprocess.run([cli, "equalize", src, "-o", dst, "--json", "--relu6", "bound",
-                                   "--no-high-bias"], capture_output=True, text=True, timeout=600)
+                                   "--no-high-bias", "--scale-criterion", "weights"],
+                                  capture_output=True, text=True, timeout=600)
             if proc.returncode != 0:
                 sweep.onnx_error = proc.stderr.strip()[-500:]
             else:

@@ -248,7 +248,7 @@ def equalize_model(model: keras.Model, *, relu6: str = "bound", max_iterations: 
                    absorb_high_bias: bool = False, return_result: bool = False, bias_correction: bool = False,
                    bias_correction_bits: int = 8, bias_correction_per_channel: bool = False,
                    bias_correction_symmetric: bool = True, regions: bool = False,
-                   gated_activations: bool = False, scale_criterion: str = "weights"):
+                   gated_activations: bool = False, scale_criterion: str = "weights_and_activations"):
     """Fold batch norms, handle ReLU6, scale CLS sets (with ``regions=True`` also equalization
     regions: Add, Concatenate, fan-out; and, with ``absorb_high_bias=True``, absorb
     high bias: an approximation, off by default — docs/BENCHMARKS.md) in one atomic engine
@@ -274,8 +274,8 @@ def equalize_model(model: keras.Model, *, relu6: str = "bound", max_iterations: 
     each one scaled through becomes a ``prequant.keras.activations.GatedActivation`` computing
     x·g(s[c]·x), which keeps the FP32 output exact. Off by default (docs/BENCHMARKS.md).
 
-    ``scale_criterion``: ``"weights"`` (DFQ), ``"weights_and_activations"`` (for per-tensor weight
-    quantization) or ``"activations"`` (for per-channel): see prequant.torch's equalize_model.
+    ``scale_criterion``: ``"weights_and_activations"`` (default), ``"weights"`` (DFQ) or
+    ``"activations"``: see prequant.torch's equalize_model.
 
     A tf_keras (Keras 2) functional model gives a tf_keras model back (``_tf_keras_cle``)."""
     if is_tf_keras_object(model):
