@@ -147,32 +147,6 @@ void divide_gate_scales(Graph& graph, const ClsLink& link, const std::vector<dou
   }
 }
 
-// Σ ln(ratio) over a link's channels as the ln of their product: one logarithm per link instead
-// of one per channel (with the per-set logs, a sixth of the engine's time on MobileNetV2). The
-// product is mantissa · 2^exponent, renormalized whenever it leaves [2^-500, 2^500]; a ratio
-// outside that range (or one that overflowed) adds its own ln(out) − ln(in), so nothing
-// overflows. Equal to the sum of logs up to rounding (relative 1e-16 per channel): the
-// correction's size changes in its last bits, not the fixed point the sweeps converge to.
-struct LogSum {
-  double mantissa = 1.0;
-  int64_t exponent = 0;
-  double rest = 0.0;
-  void add(double out, double in) {  // out, in finite and > 0
-    const double ratio = out / in;
-    if (!(ratio >= 0x1p-500 && ratio <= 0x1p500)) {
-      rest += std::log(out) - std::log(in);
-      return;
-    }
-    mantissa *= ratio;  // within [2^-1000, 2^1000]: no overflow, no subnormal
-    if (!(mantissa >= 0x1p-500 && mantissa <= 0x1p500)) {
-      int e = 0;
-      mantissa = std::frexp(mantissa, &e);
-      exponent += e;
-    }
-  }
-  double value() const { return std::log(mantissa) + static_cast<double>(exponent) * std::log(2.0) + rest; }
-};
-
 // After a sweep: per link, the mean log mismatch of the ranges over channels both sides use;
 // solve_cls_chains turns the means into one uniform ln-scale per link, applied to those channels
 // (a zero-range channel keeps scale 1). Sets whose layers moved by ≥ tolerance sweep again.
