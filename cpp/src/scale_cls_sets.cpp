@@ -31,6 +31,7 @@
 //   the sweeps needed no longer grow with the length of a chain of sets; same fixed point.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <optional>
 #include <unordered_map>
 
@@ -110,6 +111,19 @@ double guarded_scale(double s, double r_a, double r_b, const ClsOptions& o) {
   return std::clamp(s, o.min_scale, o.max_scale);
 }
 
+// The extremes of the scales one set applied (lo ≤ 1 ≤ hi; a NaN is ignored, as std::max
+// ignores it). max |ln s| over the channels is max(−ln lo, ln hi), the same value as the
+// per-channel maximum because ln is monotone: two logarithms per set instead of one per channel
+// (the logs were a sixth of the engine's time on MobileNetV2, 32 sweeps).
+struct ScaleExtremes {
+  double lo = 1.0, hi = 1.0;
+  void add(double s) {
+    if (s < lo) lo = s;
+    if (s > hi) hi = s;
+  }
+  double max_abs_log() const { return std::max(-std::log(lo), std::log(hi)); }
+};
+
 // b[c] *= f[c].
 void multiply_bias(Node& layer, const std::vector<double>& f) {
   if (layer.bias.empty()) return;
@@ -157,16 +171,16 @@ auto make_chain_correction(const std::vector<PlannedSet>& sets, Total& total, co
     for (size_t l = 0; l < links.size(); ++l) {
       const std::vector<double> out = out_ranges_of(links[l].producer);
       const std::vector<double>& in = in_ranges_of(links[l].consumer);
-      double sum = 0.0;
+      LogSum sum;
       size_t count = 0;
       factor[l].assign(out.size(), 0.0);  // 0 marks a channel left alone
       for (size_t c = 0; c < out.size(); ++c)
         if (out[c] > 0 && in[c] > 0 && std::isfinite(out[c]) && std::isfinite(in[c])) {
-          sum += std::log(out[c] / in[c]);
+          sum.add(out[c], in[c]);
           ++count;
           factor[l][c] = 1.0;
         }
-      residual[l] = count ? sum / static_cast<double>(count) : 0.0;
+      residual[l] = count ? sum.value() / static_cast<double>(count) : 0.0;
     }
     const std::vector<double> delta = solve_cls_chains(links, residual);
     for (size_t l = 0; l < delta.size(); ++l) {
@@ -348,13 +362,13 @@ ClsResult detail::scale_cls_sets_ungauged(Graph& graph, const std::vector<ClsSet
       dirty[k] = false;
       const auto& set = sets[k];
       const std::vector<double> r1 = out_ranges_of(set.layers[0]);
-      double set_log = 0.0;
+      ScaleExtremes extremes;
       if (step_links[k]) {  // each link in turn, as a pair, under the chosen criterion
         for (size_t p = 0; p + 1 < set.layers.size(); ++p) {
           const std::vector<double> out = out_ranges_of(set.layers[p]);
           const std::vector<double> s = link_scale(k, p, out, in_ranges_of(set.layers[p + 1]));
           for (size_t c = 0; c < s.size(); ++c) {
-            set_log = std::max(set_log, std::abs(std::log(s[c])));
+            extremes.add(s[c]);
             total[k][p][c] *= s[c];
           }
           multiply(set.layers[p], true, s, true);
@@ -365,7 +379,7 @@ ClsResult detail::scale_cls_sets_ungauged(Graph& graph, const std::vector<ClsSet
         std::vector<double> s(r1.size());
         for (size_t c = 0; c < s.size(); ++c) {
           s[c] = guarded_scale(std::sqrt(r1[c] / r2[c]), r1[c], r2[c], options);
-          set_log = std::max(set_log, std::abs(std::log(s[c])));
+          extremes.add(s[c]);
           total[k][0][c] *= s[c];
         }
         multiply(set.layers[0], true, s, true);
@@ -379,7 +393,8 @@ ClsResult detail::scale_cls_sets_ungauged(Graph& graph, const std::vector<ClsSet
           const bool ok = r1[c] > 0 && r2[c] > 0 && r3[c] > 0;
           s12[c] = ok ? guarded_scale(r1[c] / cube, r1[c], cube, options) : 1.0;
           s23[c] = ok ? guarded_scale(cube / r3[c], cube, r3[c], options) : 1.0;
-          set_log = std::max({set_log, std::abs(std::log(s12[c])), std::abs(std::log(s23[c]))});
+          extremes.add(s12[c]);
+          extremes.add(s23[c]);
           total[k][0][c] *= s12[c];
           total[k][1][c] *= s23[c];
         }
@@ -388,6 +403,7 @@ ClsResult detail::scale_cls_sets_ungauged(Graph& graph, const std::vector<ClsSet
         multiply(set.layers[1], true, s23, true);
         multiply(set.layers[2], false, s23, false);
       }
+      const double set_log = extremes.max_abs_log();
       max_log = std::max(max_log, set_log);
       if (set_log >= options.tolerance)
         for (size_t b : neighbours[k]) dirty[b] = true;

@@ -36,6 +36,22 @@ TEST(SolveClsChains, DeclinesALayerOnTheSameSideOfTwoLinks) {
   EXPECT_TRUE(prequant::solve_cls_chains({{0, 2}, {1, 2}}, {1.0, 1.0}).empty());
 }
 
+// LogSum against the plain sum of logs: ordinary ratios, ratios whose product leaves
+// [2^-500, 2^500] (renormalized), and ratios beyond 2^±500 or overflowing a double (their own logs).
+TEST(SolveClsChains, LogSumEqualsTheSumOfLogs) {
+  const std::vector<std::pair<double, double>> cases{
+      {3.0, 2.0}, {0.25, 7.0}, {1e70, 1.0}, {1e70, 1e-5}, {2.0, 1e70}, {1e70, 3.0}, {1e70, 1.0},
+      {1e300, 1e-300}, {1e-300, 1e300}, {1e200, 1e-200}, {5e-310, 1.0}, {1.0, 1.0}, {1e100, 1e-70}};
+  prequant::LogSum sum;
+  double reference = 0.0;
+  for (const auto& [out, in] : cases) {
+    sum.add(out, in);
+    reference += std::log(out) - std::log(in);
+    EXPECT_NEAR(sum.value(), reference, 1e-12 * std::max(1.0, std::abs(reference))) << out << " / " << in;
+  }
+  EXPECT_TRUE(std::isfinite(sum.value()));
+}
+
 // x → (conv 3×3 c→c, relu) × n.
 void build_long_chain(RefModel& m, int n, int64_t c = 6) {
   auto y = m.input("x", {c, 6, 6});
@@ -137,6 +153,28 @@ TEST(SolveClsChainsFixedPoint, ResNetLike) {
 
 TEST(SolveClsChainsFixedPoint, MobileNetV2Like) {
   expect_same_fixed_point([](RefModel& m) { build_mobilenet_like(m, 5); }, 200000);
+}
+
+// Weights of scale 1e±35 and 1e±20: out/in range ratios up to 1e70 ≈ 2^232 reach the chain
+// correction (whose residual sums logs through LogSum's renormalized product); the fixed point
+// must still be the plain sweeps'.
+TEST(SolveClsChainsFixedPoint, ExtremeRangeRatios) {
+  const auto build = [](RefModel& m) {
+    auto y = m.input("x", {4, 6, 6});
+    const double scale[] = {1e35, 1e-35, 1e20, 1e-20, 1e35, 1e-35};
+    for (int i = 0; i < 6; ++i) {
+      ConvSpec spec = conv_spec(4, 4, {3, 3}, {1, 1});
+      spec.bias = false;
+      spec.weight_scale = scale[i];
+      y = m.conv("c" + std::to_string(i), y, spec);
+      if (i < 5) y = m.relu("r" + std::to_string(i), y);
+    }
+    m.output(y);
+  };
+  expect_same_fixed_point(build, 100000);
+  const ClsRun fast = run(build, solver(true, 100000));
+  ASSERT_EQ(fast.result.sets.size(), 5u);
+  EXPECT_GT(std::abs(std::log(fast.result.sets[0].pairs[0].scale[0])), 30.0);  // the ratios were scaled away
 }
 
 }  // namespace
