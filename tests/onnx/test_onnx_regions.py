@@ -59,10 +59,12 @@ def test_regions_keep_output_and_scale_more(cli, exported, tmp_path, name):
 
 def test_resnet18_stream_is_balanced(cli, exported, tmp_path):
     """Every region of resnet18 is a residual stream of a stage (or a block's input fan-out);
-    at convergence its largest source range equals its largest sink range per channel."""
+    at convergence of the weight criterion (DFQ's, named: regions follow scale_criterion) its
+    largest source range equals its largest sink range per channel."""
     src = exported / "resnet18.onnx"
     dst = tmp_path / "regions.onnx"
-    result = equalize_json(cli, src, dst, "--relu6", "bound", "--no-high-bias", "--regions")
+    result = equalize_json(cli, src, dst, "--relu6", "bound", "--no-high-bias", "--regions",
+                           "--scale-criterion", "weights")
     # sets and regions share every block's layers: alternating rounds converge linearly
     assert result["regions"]["last_max_log_scale"] < 1e-4
     model = onnx.load(dst)
