@@ -42,10 +42,17 @@ double smooth_max(const std::vector<double>& x, double tau, std::vector<double>*
     if (w) (*w)[arg] = 1.0;
     return mx;
   }
+  // Terms below e^−40 of the largest change nothing in double precision but cost exp()'s slow
+  // underflow path: skipped.
   double z = 0.0;
-  for (double v : x) z += std::exp((v - mx) / tau);
+  for (size_t k = 0; k < x.size(); ++k) {
+    const double e = (x[k] - mx) / tau;
+    const double v = e > -40.0 ? std::exp(e) : 0.0;
+    if (w) (*w)[k] = v;
+    z += v;
+  }
   if (w)
-    for (size_t k = 0; k < x.size(); ++k) (*w)[k] = std::exp((x[k] - mx) / tau) / z;
+    for (double& v : *w) v /= z;
   return mx + tau * std::log(z);
 }
 
