@@ -290,7 +290,7 @@ def equalize_model(model: keras.Model, *, relu6: str = "bound", max_iterations: 
             bias_correction_bits=bias_correction_bits, bias_correction_per_channel=bias_correction_per_channel,
             bias_correction_symmetric=bias_correction_symmetric, regions=regions,
             gated_activations=gated_activations, scale_criterion=scale_criterion,
-                                  weight_quantization=weight_quantization)
+            weight_quantization=weight_quantization)
     eg = build_engine_graph(model)
     result = _core.equalize_model(eg.graph, relu6=relu6, max_iterations=max_iterations,
                                   absorb_high_bias=absorb_high_bias, bias_correction=bias_correction,
