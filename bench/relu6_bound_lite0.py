@@ -2,7 +2,7 @@
 
     python bench/relu6_bound_lite0.py --before /work/main/python --after python [--eval N]
         [--policies bound,skip] [--no-regions] [--sides before,after]
-        [--criteria weights,weights_and_activations,activations]
+        [--criteria weights,weights_and_activations,activations,quantization_noise]
 
 Runs the same rows in two fresh processes, one importing prequant from each PYTHONPATH (e.g. the
 main branch and this branch, each with its built extension), and prints one table:
@@ -10,7 +10,9 @@ FP32, naive INT8 (per-tensor, per-channel) of the unmodified model, and INT8 per
 per-channel after prequant's equalize_model(relu6='bound'), chains only and chains + regions.
 Data, split, export and quantization are bench/accuracy_efficientnet_lite0.py's (its functions
 are imported): 100 calibration images, 400 evaluation images, MinMax QDQ, onnxruntime graph
-optimization at BASIC (QDQ executed as specified). The exported ops (Clip/Min/Relu counts) show
+optimization at BASIC (QDQ executed as specified). scale_criterion=quantization_noise models the
+weight quantizer: its per-tensor row is equalized with weight_quantization='per_tensor', its
+per-channel row with 'per_channel' (one model each). The exported ops (Clip/Min/Relu counts) show
 the representation each side writes.
 """
 
@@ -22,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -56,18 +59,28 @@ def child(args) -> None:
     for policy in args.policies.split(","):
         for regions in (False, True) if args.regions else (False,):
             for criterion in args.criteria.split(","):
-                m = prepare_model(efficientnet_lite0())
-                # explicit, since 'weights' is no longer the default; a 'before' predating the option is DFQ
-                takes_criterion = "scale_criterion" in inspect.signature(equalize_model).parameters
-                kw = {"scale_criterion": criterion} if takes_criterion else {}
-                equalize_model(m, dummy_input=dummy, relu6=policy, regions=regions, **kw)
-                mb = acc.export(m)
-                fp32 = acc.run(mb, x)
-                crit = f", scale_criterion={criterion}"
-                for quant in ("per-tensor", "per-channel"):
-                    measure(f"equalize relu6={policy}{crit}, {'chains + regions' if regions else 'chains only'} "
-                            f"+ INT8 {quant}", mb, quant)
-                    rows[-1]["fp32_sqnr"] = acc.sqnr_db(ref, fp32)
+                # quantization_noise models the target: one model per weight quantizer, each measured
+                # with its own; the other criteria: one model, measured with both.
+                targets = (("per-tensor",), ("per-channel",)) if criterion == "quantization_noise" else \
+                    (("per-tensor", "per-channel"),)
+                for quants in targets:
+                    m = prepare_model(efficientnet_lite0())
+                    # explicit, since 'weights' is no longer the default; a 'before' predating the option is DFQ
+                    takes_criterion = "scale_criterion" in inspect.signature(equalize_model).parameters
+                    kw = {"scale_criterion": criterion} if takes_criterion else {}
+                    if criterion == "quantization_noise":
+                        kw["weight_quantization"] = quants[0].replace("-", "_")
+                    t0 = time.process_time()
+                    equalize_model(m, dummy_input=dummy, relu6=policy, regions=regions, **kw)
+                    seconds = time.process_time() - t0
+                    mb = acc.export(m)
+                    fp32 = acc.run(mb, x)
+                    crit = f", scale_criterion={criterion}"
+                    for quant in quants:
+                        measure(f"equalize relu6={policy}{crit}, {'chains + regions' if regions else 'chains only'} "
+                                f"+ INT8 {quant}", mb, quant)
+                        rows[-1]["fp32_sqnr"] = acc.sqnr_db(ref, fp32)
+                        rows[-1]["equalize_cpu_s"] = seconds
     print(json.dumps(rows))
 
 

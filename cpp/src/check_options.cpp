@@ -37,6 +37,9 @@ void check_options(const ClsOptions& o) {
   if (!std::isfinite(o.activation_sigmas) || !(o.activation_sigmas > 0))
     throw InvalidRequestError("activation_sigmas must be a finite number > 0 (the k of the activation range "
                               "β ± k·|γ|), got " + text(o.activation_sigmas) + "; the default is 3");
+  if (o.weight_quantization.bits < 2 || o.weight_quantization.bits > 16)
+    throw InvalidRequestError("weight_quantization.bits must be 2..16 (the weight quantizer the quantization_noise "
+                              "criterion models), got " + std::to_string(o.weight_quantization.bits) + "; the default is 8");
 }
 
 void check_options(const EqualizeOptions& o) {

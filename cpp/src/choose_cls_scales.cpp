@@ -47,6 +47,8 @@ CriterionWeights criterion_weights(ScaleCriterion criterion) {
       return {0.5, 0.5, 1.0};
     case ScaleCriterion::Activations:
       return {0.0, 1.0, 1.0};
+    case ScaleCriterion::QuantizationNoise:  // its channels without a noise model: DFQ
+      return {1.0, 0.0, 1.0};
   }
   return {};
 }
@@ -65,31 +67,37 @@ std::optional<double> criterion_scale(const CriterionWeights& w, double r1, doub
   return std::isfinite(s) && s > 0 ? std::optional<double>(s) : std::nullopt;
 }
 
-namespace {
-
-// g(z) through one node between, for channel c; nullopt if the node is not modelled.
-std::optional<double> through(const Node& n, size_t c, double z) {
+std::optional<ValueAndSlope> pass_through_node(const Node& n, size_t c, double z) {
   switch (n.kind) {
     case OpKind::Identity:
     case OpKind::ZeroPad:
     case OpKind::Pool:  // max or average over a window: within the window's range
-      return z;
+      return ValueAndSlope{z, 1.0};
     case OpKind::Relu:
-      return std::max(z, 0.0);
+      return z > 0 ? ValueAndSlope{z, 1.0} : ValueAndSlope{0.0, 0.0};
     case OpKind::Clip: {
-      const double hi = c < n.clip_max_per_channel.size() ? n.clip_max_per_channel[c] : n.clip_max;
-      return std::clamp(z, n.clip_min, std::max(n.clip_min, hi));
+      const double hi = std::max(n.clip_min, c < n.clip_max_per_channel.size() ? n.clip_max_per_channel[c] : n.clip_max);
+      if (z <= n.clip_min) return ValueAndSlope{n.clip_min, 0.0};
+      if (z >= hi) return ValueAndSlope{hi, 0.0};
+      return ValueAndSlope{z, 1.0};
     }
     case OpKind::LeakyRelu:
-      return z >= 0 ? z : n.alpha * z;
+      return z >= 0 ? ValueAndSlope{z, 1.0} : ValueAndSlope{n.alpha * z, n.alpha};
     case OpKind::PRelu: {
       if (n.slope.empty()) return std::nullopt;
       const double a = n.slope.numel() == 1 ? n.slope.get(0) : n.slope.get(c);
-      return z >= 0 ? z : a * z;
+      return z >= 0 ? ValueAndSlope{z, 1.0} : ValueAndSlope{a * z, a};
     }
     default:
       return std::nullopt;
   }
+}
+
+namespace {
+
+std::optional<double> through(const Node& n, size_t c, double z) {
+  const auto v = pass_through_node(n, c, z);
+  return v ? std::optional<double>(v->value) : std::nullopt;
 }
 
 }  // namespace

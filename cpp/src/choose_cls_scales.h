@@ -24,6 +24,14 @@ CriterionWeights criterion_weights(ScaleCriterion criterion);
 // when a range it uses is not > 0 and finite (the caller then keeps scale 1 or falls back).
 std::optional<double> criterion_scale(const CriterionWeights& w, double r1, double act, double r2);
 
+// g(z) and g'(z) of one node between two scaled layers, for channel c (ReLU, Clip with its
+// per-channel bound, LeakyReLU, PReLU; identity for Identity, ZeroPad, Pool); nullopt if the node
+// is not modelled. The slope is what weight noise before the node is multiplied by.
+struct ValueAndSlope {
+  double value = 0.0, slope = 1.0;
+};
+std::optional<ValueAndSlope> pass_through_node(const Node& n, size_t c, double z);
+
 // The activation range per output channel of `layer` after the nodes `between` (the link's
 // activations, pads, pools), in the layer's output units as the graph is now (clip bounds as
 // they are), from z ~ N(β[c], |γ[c]|) of the batch norm folded after the layer

@@ -30,6 +30,7 @@ const char* scale_criterion_name(ScaleCriterion c) {
     case ScaleCriterion::Weights: return "weights";
     case ScaleCriterion::WeightsAndActivations: return "weights_and_activations";
     case ScaleCriterion::Activations: return "activations";
+    case ScaleCriterion::QuantizationNoise: return "quantization_noise";
   }
   return "?";
 }
@@ -38,9 +39,20 @@ ScaleCriterion parse_scale_criterion(const std::string& name) {
   if (name == "weights") return ScaleCriterion::Weights;
   if (name == "weights_and_activations") return ScaleCriterion::WeightsAndActivations;
   if (name == "activations") return ScaleCriterion::Activations;
+  if (name == "quantization_noise") return ScaleCriterion::QuantizationNoise;
   throw InvalidRequestError("unknown scale criterion '" + name +
                             "'; use 'weights' (DFQ), 'weights_and_activations' (for per-tensor weight "
-                            "quantization) or 'activations' (for per-channel weight quantization)");
+                            "quantization) 'activations' (for per-channel weight quantization) or 'quantization_noise' (the modelled "
+                            "INT8 output noise for weight_quantization)");
+}
+
+WeightQuantizer parse_weight_quantization(const std::string& name) {
+  WeightQuantizer q;
+  if (name == "per_tensor" || name == "per-tensor") return q;
+  q.per_channel = true;
+  if (name == "per_channel" || name == "per-channel") return q;
+  throw InvalidRequestError("unknown weight quantization '" + name +
+                            "'; use 'per_tensor' or 'per_channel' (the INT8 weights the model will be quantized with)");
 }
 
 }  // namespace prequant

@@ -18,6 +18,8 @@
 //   The chain correction runs only while no set steps links (its coupling model is the weight
 //   criterion's; the activation term weakens the coupling between links, so the sweeps converge
 //   alone); with every set on the closed forms it is the Weights fixed point, reached faster.
+//   quantization_noise (minimize_link_noise.cpp): each link steps to the minimiser of its modelled
+//   INT8 output noise for options.weight_quantization; a link it cannot model uses the pair formula.
 //   ReLU6 between: 'replace' turns the clip into ReLU; 'bound' divides the clip's per-channel
 //   upper bound by the same s, which keeps the FP32 output exact; then gauge_clip_bounds.cpp
 //   multiplies such a pair's scales by one factor so that every bound is ≤ 6 (a fusable ReLU6
@@ -41,6 +43,7 @@
 #include "prequant/errors.h"
 #include "prequant/passes.h"
 #include "gauge_clip_bounds.h"
+#include "minimize_link_noise.h"
 #include "solve_cls_chains.h"
 
 namespace prequant {
@@ -328,6 +331,21 @@ ClsResult detail::scale_cls_sets_ungauged(Graph& graph, const std::vector<ClsSet
   // in turn with the weight criterion stalled on channels whose ranges differ by decades (the
   // demo's stress case, BNs folded before the rescaling: per-tensor weight SQNR −0.1 dB against
   // 15.8 dB with `weights`).
+  // quantization_noise: a link also needs its activation's moments and L1's input power.
+  const bool by_noise = options.scale_criterion == ScaleCriterion::QuantizationNoise;
+  std::optional<LinkNoiseCriterion> noise;
+  std::vector<std::vector<std::optional<LinkNoiseEntry>>> noise_entry(sets.size());
+  if (by_noise) {
+    noise.emplace(graph, options);
+    for (size_t k = 0; k < sets.size(); ++k)
+      for (size_t p = 0; p < sets[k].links.size(); ++p) {
+        const LayerState& st = state.at(sets[k].layers[p]);
+        noise_entry[k].emplace_back();
+        if (!act0[k][p]) continue;
+        noise_entry[k][p] = noise->prepare(sets[k].layers[p], sets[k].links[p].between, st.base_out, st.base_in, fallback[k][p]);
+        if (!noise_entry[k][p]) act0[k][p].reset();
+      }
+  }
   std::vector<bool> step_links(sets.size(), false);
   for (size_t k = 0; k < sets.size(); ++k)
     for (const auto& act : act0[k]) step_links[k] = step_links[k] || act.has_value();
@@ -341,9 +359,26 @@ ClsResult detail::scale_cls_sets_ungauged(Graph& graph, const std::vector<ClsSet
     std::vector<double> s(r1.size());
     for (size_t c = 0; c < s.size(); ++c) {
       std::optional<double> step;
-      if (act && (*act)[c] > 0) step = criterion_scale(w, r1[c], (*act)[c] * factor[c], r2[c]);
+      if (act && (*act)[c] > 0 && !by_noise) step = criterion_scale(w, r1[c], (*act)[c] * factor[c], r2[c]);
       s[c] = step ? std::clamp(*step, options.min_scale, options.max_scale)
                   : guarded_scale(std::sqrt(r1[c] / r2[c]), r1[c], r2[c], options);
+    }
+    if (by_noise && act) {  // s (the weight criterion's) stays on the channels the model cannot weigh
+      const size_t consumer = sets[k].layers[p + 1];
+      const LayerState &a = state.at(producer), &b = state.at(consumer);
+      auto total = [](const std::vector<double>& base, const std::vector<double>& f) {
+        std::vector<double> t(f.size());
+        for (size_t c = 0; c < f.size(); ++c) t[c] = base[c] * f[c];
+        return t;
+      };
+      const std::vector<double> w1_out = total(a.base_out, a.out_factor), w1_in = total(a.base_in, a.in_factor),
+                                w2_out = total(b.base_out, b.out_factor), w2_in = total(b.base_in, b.in_factor);
+      LinkNoiseInputs in;
+      in.w1 = &noise->pairs(producer);
+      in.w2 = &noise->pairs(consumer);
+      in.w1_out = w1_out, in.w1_in = w1_in, in.w2_out = w2_out, in.w2_in = w2_in;
+      in.r1 = r1, in.r2 = r2;
+      s = noise->step(in, *noise_entry[k][p], *act, a.out_factor, a.in_factor, s);
     }
     return s;
   };

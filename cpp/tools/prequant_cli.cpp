@@ -55,6 +55,7 @@ struct Options {
   bool regions = false;
   bool gated_activations = false;
   std::string scale_criterion = "weights_and_activations";
+  std::string weight_quantization = "per_tensor";
   int iterations = prequant::kDefaultMaxIterations;
   std::string before = "folded";  // report: the baseline
   int bits = 8;
@@ -191,6 +192,7 @@ prequant::EqualizeOptions equalize_options(const Options& o) {
   options.regions = o.regions;
   options.cls.gated_activations = o.gated_activations;
   options.cls.scale_criterion = prequant::parse_scale_criterion(o.scale_criterion);
+  options.cls.weight_quantization = prequant::parse_weight_quantization(o.weight_quantization);
   return options;
 }
 
@@ -348,8 +350,13 @@ int main(int argc, char** argv) {
                     "What each CLS scale balances: weights_and_activations (default: the weight ranges "
                     "and the activation range from the folded BN statistics), weights (DFQ: weight "
                     "ranges only), activations (activation against the next layer's columns: for "
-                    "per-channel weight quantization)")
-        ->check(CLI::IsMember({"weights", "weights_and_activations", "activations"}));
+                    "per-channel weight quantization), quantization_noise (minimise the modelled INT8 output noise "
+                    "for --weight-quantization)")
+        ->check(CLI::IsMember({"weights", "weights_and_activations", "activations", "quantization_noise"}));
+    sub->add_option("--weight-quantization", o.weight_quantization,
+                    "The INT8 weights the model will be quantized with, for --scale-criterion "
+                    "quantization_noise: per_tensor (default) or per_channel")
+        ->check(CLI::IsMember({"per_tensor", "per_channel", "per-tensor", "per-channel"}));
     sub->add_option("--iterations", o.iterations,
                     "Maximum CLS iterations over overlapping sets (1 = one pass, as AIMET)")
         ->check(CLI::Range(1, 1000000));

@@ -267,13 +267,15 @@ void bind_passes(nb::module_& m) {
       "equalize_model",
       [](const PyGraph& g, const std::string& relu6, int max_iterations, double tolerance, double min_scale,
          double max_scale, bool fold, bool absorb, double sigmas, bool bias_correction, int bits, bool per_channel,
-         bool symmetric, bool regions, bool gated, const std::string& scale_criterion, double activation_sigmas) {
+         bool symmetric, bool regions, bool gated, const std::string& scale_criterion, double activation_sigmas,
+         const std::string& weight_quantization) {
         EqualizeOptions o;
         o.regions = regions;
         o.cls = cls_options(relu6, max_iterations, tolerance, min_scale, max_scale);
         o.cls.gated_activations = gated;
         o.cls.scale_criterion = parse_scale_criterion(scale_criterion);
         o.cls.activation_sigmas = activation_sigmas;
+        o.cls.weight_quantization = parse_weight_quantization(weight_quantization);
         o.fold = fold;
         o.absorb_high_bias = absorb;
         o.high_bias_sigmas = sigmas;
@@ -285,13 +287,15 @@ void bind_passes(nb::module_& m) {
       "max_scale"_a = 1e6, "fold"_a = true, "absorb_high_bias"_a = false, "high_bias_sigmas"_a = 3.0,
       "bias_correction"_a = false, "bias_correction_bits"_a = 8, "bias_correction_per_channel"_a = false,
       "bias_correction_symmetric"_a = true, "regions"_a = false, "gated_activations"_a = false,
-      "scale_criterion"_a = "weights_and_activations", "activation_sigmas"_a = 3.0,
+      "scale_criterion"_a = "weights_and_activations", "activation_sigmas"_a = 3.0, "weight_quantization"_a = "per_tensor",
       "Unroll, fold, ReLU6 policy, cross-layer scaling (with regions=True also equalization regions: "
       "residual Adds, Concats, fan-out; with gated_activations=True also through SiLU / HardSwish / "
       "GELU, rewriting their gate scales), high-bias absorption and (optionally) analytic bias "
       "correction for the given weight quantizer, in one call. scale_criterion: 'weights_and_activations' (default) "
       "or 'activations' (for per-channel weight quantization) also balance the activation ranges, from the "
-      "statistics of the folded BNs (β ± activation_sigmas·|γ|); 'weights' is DFQ's weight-only balance.");
+      "statistics of the folded BNs (β ± activation_sigmas·|γ|); 'weights' is DFQ's weight-only balance; "
+      "'quantization_noise' minimises the modelled INT8 output noise of each link for weight_quantization "
+      "('per_tensor' or 'per_channel').");
 }
 
 }  // namespace prequant::python

@@ -32,9 +32,11 @@ enum class ScaleCriterion {
                           // for per-tensor weight quantization
   Activations,            // the activation range against the consumer's column range: for
                           // per-channel weight quantization (the producer's rows are invariant)
+  QuantizationNoise,      // minimise the modelled INT8 noise at the consumer's output, for the
+                          // target ClsOptions::weight_quantization (minimize_link_noise.cpp)
 };
 const char* scale_criterion_name(ScaleCriterion c);
-// "weights" | "weights_and_activations" | "activations"
+// "weights" | "weights_and_activations" | "activations" | "quantization_noise"
 ScaleCriterion parse_scale_criterion(const std::string& name);
 
 // The one default for CLS iterations, shared by C++, the CLI and Python (_core.DEFAULT_MAX_ITERATIONS).
@@ -42,6 +44,18 @@ ScaleCriterion parse_scale_criterion(const std::string& name);
 // one pass, as AIMET's single pass; on overlapping sets (chains) it converges instead of
 // stopping after the first disturbance.
 inline constexpr int kDefaultMaxIterations = 100;
+
+// The weight quantizer analytic bias correction (and the quantization_noise criterion) assumes: the one the model will be quantized
+// with (onnxruntime QDQ's default for weights: symmetric, per channel or per tensor).
+struct WeightQuantizer {
+  int bits = 8;              // 2..16
+  bool per_channel = false;  // one scale per output channel, else one per tensor
+  bool symmetric = true;     // levels −(2^(b−1)−1)..2^(b−1)−1, zero at 0; else min/max with a zero point
+};
+
+// "per_tensor" | "per_channel" (also spelt with '-'): the 8-bit symmetric weight quantizer the
+// quantization_noise criterion models (ClsOptions::weight_quantization).
+WeightQuantizer parse_weight_quantization(const std::string& name);
 
 struct ClsOptions {
   Relu6Policy relu6 = Relu6Policy::Bound;
@@ -61,18 +75,15 @@ struct ClsOptions {
   // EqualizeOptions overrides it (below).
   ScaleCriterion scale_criterion = ScaleCriterion::Weights;
   double activation_sigmas = 3.0;  // activation range: the BN's β ± k·|γ| through the activation
+  // The weight quantizer the quantization_noise criterion models (bits, per channel or per
+  // tensor; symmetric). Activations are modelled per tensor, 8-bit, asymmetric (onnxruntime QDQ,
+  // TFLite). Unused by the other criteria.
+  WeightQuantizer weight_quantization;
   // The BN folded after each layer (layer name → γ, β, in the layer's output units as the graph
   // is now): the activation ranges' source. equalize_model fills it from its fold.
   std::unordered_map<std::string, FoldedBnStats> output_statistics;
 };
 
-// The weight quantizer analytic bias correction assumes: the one the model will be quantized
-// with (onnxruntime QDQ's default for weights: symmetric, per channel or per tensor).
-struct WeightQuantizer {
-  int bits = 8;              // 2..16
-  bool per_channel = false;  // one scale per output channel, else one per tensor
-  bool symmetric = true;     // levels −(2^(b−1)−1)..2^(b−1)−1, zero at 0; else min/max with a zero point
-};
 
 struct EqualizeOptions {
   // The whole-model path weighs activation ranges too: on pretrained EfficientNet-Lite0 it beat

@@ -248,7 +248,8 @@ def equalize_model(model: keras.Model, *, relu6: str = "bound", max_iterations: 
                    absorb_high_bias: bool = False, return_result: bool = False, bias_correction: bool = False,
                    bias_correction_bits: int = 8, bias_correction_per_channel: bool = False,
                    bias_correction_symmetric: bool = True, regions: bool = False,
-                   gated_activations: bool = False, scale_criterion: str = "weights_and_activations"):
+                   gated_activations: bool = False, scale_criterion: str = "weights_and_activations",
+                   weight_quantization: str = "per_tensor"):
     """Fold batch norms, handle ReLU6, scale CLS sets (with ``regions=True`` also equalization
     regions: Add, Concatenate, fan-out; and, with ``absorb_high_bias=True``, absorb
     high bias: an approximation, off by default — docs/BENCHMARKS.md) in one atomic engine
@@ -274,8 +275,10 @@ def equalize_model(model: keras.Model, *, relu6: str = "bound", max_iterations: 
     each one scaled through becomes a ``prequant.keras.activations.GatedActivation`` computing
     x·g(s[c]·x), which keeps the FP32 output exact. Off by default (docs/BENCHMARKS.md).
 
-    ``scale_criterion``: ``"weights_and_activations"`` (default), ``"weights"`` (DFQ) or
-    ``"activations"``: see prequant.torch's equalize_model.
+    ``scale_criterion``: ``"weights_and_activations"`` (default), ``"weights"`` (DFQ),
+    ``"activations"`` (for per-channel) or ``"quantization_noise"`` (the modelled INT8 noise for
+    ``weight_quantization``: ``"per_tensor"`` or ``"per_channel"``): see prequant.torch's
+    equalize_model.
 
     A tf_keras (Keras 2) functional model gives a tf_keras model back (``_tf_keras_cle``)."""
     if is_tf_keras_object(model):
@@ -286,7 +289,8 @@ def equalize_model(model: keras.Model, *, relu6: str = "bound", max_iterations: 
             return_result=return_result, bias_correction=bias_correction,
             bias_correction_bits=bias_correction_bits, bias_correction_per_channel=bias_correction_per_channel,
             bias_correction_symmetric=bias_correction_symmetric, regions=regions,
-            gated_activations=gated_activations, scale_criterion=scale_criterion)
+            gated_activations=gated_activations, scale_criterion=scale_criterion,
+            weight_quantization=weight_quantization)
     eg = build_engine_graph(model)
     result = _core.equalize_model(eg.graph, relu6=relu6, max_iterations=max_iterations,
                                   absorb_high_bias=absorb_high_bias, bias_correction=bias_correction,
@@ -294,7 +298,8 @@ def equalize_model(model: keras.Model, *, relu6: str = "bound", max_iterations: 
                                   bias_correction_per_channel=bias_correction_per_channel,
                                   bias_correction_symmetric=bias_correction_symmetric,
                                   regions=regions, gated_activations=gated_activations,
-                                  scale_criterion=scale_criterion)
+                                  scale_criterion=scale_criterion,
+                                  weight_quantization=weight_quantization)
     warn_fused_activation_before_bn(eg, result.fold.declined)
     new_model = build_model(
         eg,

@@ -50,15 +50,18 @@ def equalize_model(model: Any, relu6: str = "bound", *, absorb_high_bias: bool =
                    max_iterations: int = _core.DEFAULT_MAX_ITERATIONS, base_dir=None, bias_correction: bool = False,
                    bias_correction_bits: int = 8, bias_correction_per_channel: bool = False,
                    bias_correction_symmetric: bool = True, regions: bool = False,
-                   gated_activations: bool = False, scale_criterion: str = "weights_and_activations"):
+                   gated_activations: bool = False, scale_criterion: str = "weights_and_activations",
+                   weight_quantization: str = "per_tensor"):
     """Unroll shared weights, fold batch norms, apply the ReLU6 policy, scale CLS sets (with
     ``regions=True`` also equalization regions: residual adds, concats, splits, fan-out; and, with
     ``absorb_high_bias=True``, absorb high bias; with ``bias_correction=True``, correct biases
     analytically for the given weight quantizer — this changes the FP32 output on purpose; with
     ``gated_activations=True``, scale through SiLU (Mul(x, Sigmoid(x))), HardSwish and Gelu, written
     back as Mul(x, Sigmoid(Mul(x, s))) and the like with a per-channel gate scale s: exact;
-    ``scale_criterion``: ``"weights_and_activations"`` (default), ``"weights"`` (DFQ) or
-    ``"activations"``, see prequant.torch's equalize_model);
+    ``scale_criterion``: ``"weights_and_activations"`` (default), ``"weights"`` (DFQ),
+    ``"activations"`` (for per-channel) or ``"quantization_noise"`` (the modelled INT8 noise for
+    ``weight_quantization``: ``"per_tensor"`` or ``"per_channel"``), see prequant.torch's
+    equalize_model);
     returns (new ModelProto, EqualizeResult)."""
     m = load(model, base_dir)
     result = _core.equalize_model(m.graph, relu6=relu6, max_iterations=max_iterations,
@@ -67,5 +70,6 @@ def equalize_model(model: Any, relu6: str = "bound", *, absorb_high_bias: bool =
                                   bias_correction_per_channel=bias_correction_per_channel,
                                   bias_correction_symmetric=bias_correction_symmetric,
                                   regions=regions, gated_activations=gated_activations,
-                                  scale_criterion=scale_criterion)
+                                  scale_criterion=scale_criterion,
+                                  weight_quantization=weight_quantization)
     return _to_proto(m), result

@@ -186,7 +186,7 @@ def equalize_model(model: nn.Module, input_shapes=None, dummy_input=None, *, rel
                    bias_correction: bool = False, bias_correction_bits: int = 8,
                    bias_correction_per_channel: bool = False, bias_correction_symmetric: bool = True,
                    regions: bool = False, gated_activations: bool = False,
-                   scale_criterion: str = "weights_and_activations",
+                   scale_criterion: str = "weights_and_activations", weight_quantization: str = "per_tensor",
                    verify: bool = False):
     """Fold batch norms, handle ReLU6, scale CLS sets (with ``regions=True`` also equalization
     regions: residual adds, concats, splits, fan-out; and, with ``absorb_high_bias=True``,
@@ -226,7 +226,12 @@ def equalize_model(model: nn.Module, input_shapes=None, dummy_input=None, *, rel
     quantization, where the first layer's rows do not matter; experimental, measured worse than
     ``"weights_and_activations"`` on EfficientNet-Lite0). All three keep the FP32 output exact
     (docs/BENCHMARKS.md, "Activation-aware scale criterion"). AIMET's equalize_model is DFQ:
-    pass ``scale_criterion="weights"`` to match it.
+    pass ``scale_criterion="weights"`` to match it. ``"quantization_noise"`` chooses
+    each link's scales to minimise the modelled INT8 noise at the next layer's output (per-tensor
+    8-bit activations, data-free from the folded batch norms; weights as ``weight_quantization``:
+    ``"per_tensor"`` or ``"per_channel"``, the quantizer you will use), also exact in FP32
+    (docs/BENCHMARKS.md, "Quantization-noise criterion"). ``weight_quantization`` is read by that
+    criterion only.
 
     ``bias_correction=True`` adds analytic (data-free) bias correction, DFQ §4.2: each layer's
     bias loses (Q(W) − W)·E[x], with E[x] from the batch norms before it (carried through ReLU-like
@@ -247,7 +252,8 @@ def equalize_model(model: nn.Module, input_shapes=None, dummy_input=None, *, rel
                                       bias_correction_per_channel=bias_correction_per_channel,
                                       bias_correction_symmetric=bias_correction_symmetric,
                                       regions=regions, gated_activations=gated_activations,
-                                      scale_criterion=scale_criterion)
+                                      scale_criterion=scale_criterion,
+                                  weight_quantization=weight_quantization)
     apply_equalize(eg, result)
     if verify:
         with torch.no_grad():
