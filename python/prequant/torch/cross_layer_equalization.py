@@ -253,7 +253,7 @@ def equalize_model(model: nn.Module, input_shapes=None, dummy_input=None, *, rel
                                       bias_correction_symmetric=bias_correction_symmetric,
                                       regions=regions, gated_activations=gated_activations,
                                       scale_criterion=scale_criterion,
-                                  weight_quantization=weight_quantization)
+                                      weight_quantization=weight_quantization)
     apply_equalize(eg, result)
     if verify:
         with torch.no_grad():
